@@ -1,0 +1,136 @@
+"""The wire contracts of DESIGN.md section 2: media events in, verdicts and DLQ records out.
+
+Both are CloudEvents 1.0 in structured JSON mode; the Kafka key is the event id.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from worker.errors import ErrorCode
+
+Status = Literal["ok", "no_face", "rejected", "error"]
+Label = Literal["fake", "real", "uncertain"]
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class MediaData(BaseModel):
+    """Where the media is: a `uri`, or small media carried `inline` as base64."""
+
+    model_config = ConfigDict(extra="allow")
+
+    uri: str | None = None
+    inline: str | None = None
+    content_type: str | None = None
+    sha256: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MediaData:
+        if (self.uri is None) == (self.inline is None):
+            raise ValueError("data must carry exactly one of 'uri' or 'inline'")
+        return self
+
+
+class MediaEvent(BaseModel):
+    """A `media.submitted` CloudEvent."""
+
+    model_config = ConfigDict(extra="allow")
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str = Field(min_length=1, max_length=512)
+    source: str = Field(min_length=1)
+    type: str = "media.submitted"
+    time: str | None = None
+    datacontenttype: str = "application/json"
+    data: MediaData
+
+
+class ErrorInfo(BaseModel):
+    code: ErrorCode
+    message: str
+
+
+class FaceResult(BaseModel):
+    """One detected face: where it was, and what the model said about it."""
+
+    frame_index: int
+    time_s: float
+    box: list[float]              # x, y, w, h in source-frame pixels
+    landmarks: list[list[float]] | None  # 5 x (x, y): eyes, nose, mouth corners; None when estimated (haar)
+    detector_score: float
+    score: float                  # fake probability of this face
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    weights: str                  # provenance: random-init, openai, sha256 of a checkpoint, ...
+    threshold: float = 0.5
+    uncertain_band: float = 0.0
+    preprocessing_version: str = ""
+
+
+class VerdictData(BaseModel):
+    status: Status
+    label: Label | None = None
+    score: float | None = None            # media-level fake probability: mean over frames with a face
+    score_max: float | None = None        # the most suspicious frame
+    threshold: float | None = None
+    frames_sampled: int = 0
+    frames_with_faces: int = 0
+    faces_count: int = 0
+    faces: list[FaceResult] = Field(default_factory=list)
+    media_sha256: str | None = None
+    model: ModelInfo | None = None
+    pipeline_version: str = ""
+    cached: bool = False
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+    error: ErrorInfo | None = None
+
+
+class Verdict(BaseModel):
+    """A `media.verdict` CloudEvent: the same `id` as the event it answers."""
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str
+    source: str = "dfmod-worker"
+    type: Literal["media.verdict"] = "media.verdict"
+    time: str = Field(default_factory=now_iso)
+    datacontenttype: str = "application/json"
+    subject: str | None = None
+    data: VerdictData
+
+
+class DeadLetter(BaseModel):
+    """What lands on the DLQ when an event cannot even be parsed: enough to replay it by hand."""
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    source: str = "dfmod-worker"
+    type: Literal["media.deadletter"] = "media.deadletter"
+    time: str = Field(default_factory=now_iso)
+    datacontenttype: str = "application/json"
+    data: DeadLetterData
+
+
+class DeadLetterData(BaseModel):
+    reason: str
+    code: str = "unparseable_event"
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None = None
+    key_b64: str | None = None
+    value_b64: str
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+DeadLetter.model_rebuild()

@@ -1,0 +1,150 @@
+"""Every worker setting, in one place.
+
+Environment variables use the prefix ``DFMOD_`` and ``__`` between levels, for example
+``DFMOD_KAFKA__BOOTSTRAP_SERVERS=broker:9092`` or ``DFMOD_FACES__BACKEND=scrfd``. Lists are JSON
+(``DFMOD_FETCH__ALLOW_HOSTS='["10.0.0.0/8"]'``). `dfmod settings` prints the effective values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseModel):
+    """Broker connection, topics and consumer-group behaviour."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    events_topic: str = "media.events"
+    verdicts_topic: str = "media.verdicts"
+    dlq_topic: str = "media.events.dlq"
+    group_id: str = "dfmod-worker"
+    client_id: str = "dfmod-worker"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    max_poll_records: int = 32
+    session_timeout_ms: int = 30_000
+    max_poll_interval_ms: int = 300_000
+    commit_interval_s: float = 1.0
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+
+class FetchSettings(BaseModel):
+    """Where media may come from, and how much of it we accept (the SSRF guard lives here)."""
+
+    max_bytes: int = 200 * 1024 * 1024
+    max_inline_bytes: int = 8 * 1024 * 1024
+    timeout_s: float = 20.0
+    allow_schemes: list[Literal["http", "https", "s3", "file"]] = Field(default_factory=lambda: ["https", "http"])
+    #: Roots under which file:// URIs may point (only when "file" is in allow_schemes).
+    file_roots: list[Path] = Field(default_factory=list)
+    #: Hosts or CIDRs let through although they resolve to loopback, link-local or private addresses.
+    allow_hosts: list[str] = Field(default_factory=list)
+    s3_endpoint_url: str | None = None
+
+
+class DecodeSettings(BaseModel):
+    """Decoding limits and frame sampling (the paper samples 32 evenly spaced frames per video)."""
+
+    frames: int = 32
+    max_pixels: int = 8192 * 8192
+    max_duration_s: float = 3600.0
+    max_decoded_frames: int = 200_000
+    timeout_s: float = 60.0
+    allowed_containers: list[str] = Field(
+        default_factory=lambda: [
+            "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi", "mpegts", "flv", "gif",
+            "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "image2",
+        ]
+    )
+    allowed_codecs: list[str] = Field(
+        default_factory=lambda: [
+            "h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mjpeg", "gif",
+            "png", "jpeg", "webp", "bmp", "tiff", "rawvideo",
+        ]
+    )
+
+
+class FaceSettings(BaseModel):
+    """Face detector backend and crop geometry (DESIGN.md section 3: 5-point alignment, scale 1.3, 224x224)."""
+
+    backend: Literal["yunet", "scrfd", "haar"] = "yunet"
+    weights_dir: Path = Path("models")
+    yunet_file: str = "yunet_n_dynamic.onnx"
+    scrfd_file: str = "scrfd_500m_bnkps.onnx"
+    score_threshold: float = 0.6
+    nms_threshold: float = 0.3
+    #: Frames are downscaled so their longest side is at most this before detection.
+    detect_max_side: int = 640
+    max_faces_per_frame: int = 4
+    min_face_px: int = 24
+    crop_size: int = 224
+    crop_scale: float = 1.3
+
+
+class BatchSettings(BaseModel):
+    """Micro-batching of face crops across events, so the GPU sees full batches."""
+
+    max_size: int = 32
+    max_delay_ms: float = 10.0
+
+
+class TritonSettings(BaseModel):
+    """The inference server."""
+
+    url: str = "127.0.0.1:8001"
+    model_name: str = "deepfake_clip"
+    #: Empty means the server's latest ready version.
+    model_version: str = ""
+    max_in_flight: int = 4
+    timeout_s: float = 30.0
+    #: How long start-up waits for the model to become ready.
+    ready_timeout_s: float = 120.0
+
+
+class CacheSettings(BaseModel):
+    """Redis verdict cache. An optimisation only: Redis down means slower, never wrong or stuck."""
+
+    enabled: bool = True
+    url: str = "redis://127.0.0.1:6379/0"
+    password: SecretStr | None = None
+    ttl_s: int = 30 * 24 * 3600
+    key_prefix: str = "dfmod:verdict:"
+    socket_timeout_s: float = 0.25
+    #: After a failure, skip Redis for this long instead of paying the timeout on every event.
+    retry_after_s: float = 5.0
+
+
+class WorkerSettings(BaseSettings):
+    """Top-level settings of `dfmod worker` (and of `dfmod scan` for the stages they share)."""
+
+    model_config = SettingsConfigDict(env_prefix="DFMOD_", env_nested_delimiter="__", extra="ignore")
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    fetch: FetchSettings = Field(default_factory=FetchSettings)
+    decode: DecodeSettings = Field(default_factory=DecodeSettings)
+    faces: FaceSettings = Field(default_factory=FaceSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    triton: TritonSettings = Field(default_factory=TritonSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+
+    #: Events being processed at once; above it the consumer pauses its partitions (backpressure).
+    max_in_flight: int = 16
+    #: Threads that fetch, decode and detect (CPU-bound work in C code that releases the GIL).
+    media_threads: int = 4
+    #: Wall-time budget for one media item, fetch to verdict.
+    media_timeout_s: float = 120.0
+    #: On SIGTERM, how long to wait for in-flight events before leaving them to the next owner.
+    drain_timeout_s: float = 30.0
+    http_host: str = "0.0.0.0"
+    http_port: int = 9100
+    log_level: str = "INFO"
+    source: str = "dfmod-worker"

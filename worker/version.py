@@ -1,0 +1,11 @@
+"""Versions that travel in every verdict and in every cache key.
+
+`PREPROCESSING_VERSION` names the face pipeline (detector-independent geometry: 5-point similarity
+alignment, margin scale 1.3, 224x224 RGB uint8). Training writes it into the exported model config and the
+worker refuses a model trained on other crops. `PIPELINE_VERSION` covers everything that can change a
+verdict besides the model (sampling, aggregation); bump it and every cached verdict is recomputed.
+"""
+
+__version__ = "0.1.0"
+PREPROCESSING_VERSION = "align5-s1.3-224-rgb-v1"
+PIPELINE_VERSION = f"dfmod-{__version__}+{PREPROCESSING_VERSION}"
