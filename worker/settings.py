@@ -14,6 +14,9 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+Scheme = Literal["http", "https", "s3", "file"]
+
+
 class KafkaSettings(BaseModel):
     """Broker connection, topics and consumer-group behaviour."""
 
@@ -43,7 +46,7 @@ class FetchSettings(BaseModel):
     max_bytes: int = 200 * 1024 * 1024
     max_inline_bytes: int = 8 * 1024 * 1024
     timeout_s: float = 20.0
-    allow_schemes: list[Literal["http", "https", "s3", "file"]] = Field(default_factory=lambda: ["https", "http"])
+    allow_schemes: list[Scheme] = Field(default_factory=lambda: list[Scheme](["https", "http"]))
     #: Roots under which file:// URIs may point (only when "file" is in allow_schemes).
     file_roots: list[Path] = Field(default_factory=list)
     #: Hosts or CIDRs let through although they resolve to loopback, link-local or private addresses.

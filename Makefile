@@ -1,0 +1,59 @@
+# dfmod developer entry points. `make demo` and `make test` set up everything they need themselves.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Detector weights for the demo and tests; the product takes them from DFMOD_FACES__WEIGHTS_DIR.
+SHARED_DIR ?= $(abspath ../shared)
+export DFMOD_SHARED_DIR := $(SHARED_DIR)
+export DFMOD_FACES__WEIGHTS_DIR ?= $(SHARED_DIR)/models
+PYTEST_ARGS ?=
+
+.PHONY: help setup tools demo test test-unit test-integration lint stack-up stack-down stack-status bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	timeout 900 $(BIN)/pip install -q --upgrade pip
+	timeout 1800 $(BIN)/pip install -q -e ".[train,dev,scrfd]"
+	touch $@
+
+setup: $(VENV)/.installed  ## create .venv with the worker, training and dev dependencies
+
+tools:  ## build pinned helm and kubeconform into .tools/bin (from the Go module proxy, cached)
+	timeout 1200 deploy/tools.sh
+
+demo: setup  ## start the local stack, stream sample media through a worker, print verdicts, stop everything
+	timeout 1200 $(BIN)/python deploy/local/demo.py
+
+test: setup tools lint  ## lint, then every test: unit, chart validation, and integration on real Kafka/Redis/Triton
+	timeout 3600 $(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: setup  ## unit tests only (no servers)
+	timeout 1200 $(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
+
+test-integration: setup  ## integration tests only
+	timeout 2400 $(BIN)/pytest -m integration $(PYTEST_ARGS)
+
+lint: setup  ## ruff and mypy
+	$(BIN)/ruff check worker train tests deploy
+	$(BIN)/mypy
+
+stack-up: setup  ## start Kafka, Redis and Triton on 127.0.0.1 (idempotent)
+	deploy/local/stack.sh up
+
+stack-down:  ## stop what stack-up started
+	deploy/local/stack.sh down
+
+stack-status:
+	deploy/local/stack.sh status
+
+bench: setup  ## end-to-end throughput/latency table on the local stack (micro-batching vs batch size 1)
+	timeout 1800 $(BIN)/python deploy/local/bench.py
+
+clean: stack-down
+	rm -rf .stack .demo

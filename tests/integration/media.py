@@ -1,0 +1,53 @@
+"""Media for integration tests, built from the shared fixture at test time (no binaries committed)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from worker.samples import corrupt, encode_image, load_rgb, mosaic, pan_zoom_video
+
+from .conftest import REPO
+
+ASTRONAUT = REPO.parent / "shared" / "fixtures" / "astronaut.png"
+
+
+def still_png() -> bytes:
+    return ASTRONAUT.read_bytes()
+
+
+def still_jpeg(quality: int = 90) -> bytes:
+    return encode_image(load_rgb(ASTRONAUT), fmt="jpeg", quality=quality)
+
+
+def video_mp4(seconds: float = 2.0) -> bytes:
+    return pan_zoom_video(load_rgb(ASTRONAUT), seconds=seconds, fps=15)
+
+
+def mosaic_png() -> bytes:
+    return encode_image(mosaic(load_rgb(ASTRONAUT), n=4), fmt="png")
+
+
+def corrupt_mp4() -> bytes:
+    return corrupt(video_mp4())
+
+
+def event(blob: bytes | None = None, *, uri: str | None = None, content_type: str | None = None,
+          event_id: str | None = None) -> tuple[str, bytes, bytes]:
+    """(id, key, value) of a media.submitted CloudEvent carrying `blob` inline or pointing at `uri`."""
+    event_id = event_id or str(uuid.uuid4())
+    data: dict[str, Any] = {"content_type": content_type, "metadata": {}}
+    if uri is not None:
+        data["uri"] = uri
+    else:
+        data["inline"] = base64.b64encode(blob or b"").decode()
+    doc = {"specversion": "1.0", "id": event_id, "source": "tests", "type": "media.submitted", "data": data}
+    return event_id, event_id.encode(), json.dumps(doc).encode()
+
+
+def write(path: Path, blob: bytes) -> Path:
+    path.write_bytes(blob)
+    return path

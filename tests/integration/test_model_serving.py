@@ -1,0 +1,38 @@
+"""The exported model on the real Triton answers like PyTorch, through the worker's own Triton client."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from train.factory import create_detector
+from train.model import ServingModel
+from worker.infer.triton import TritonBackend
+from worker.settings import TritonSettings
+from worker.version import PREPROCESSING_VERSION
+
+
+def test_triton_matches_pytorch_and_carries_the_model_parameters(conn: dict[str, str]) -> None:
+    # The session's model repository was written by `dfmod-train export --arch tiny --weights random-init`
+    # (seed 0): rebuilding the same detector here gives the reference answers.
+    serving = ServingModel(create_detector("tiny", "random-init", seed=0)).eval()
+    rng = np.random.default_rng(7)
+    faces = rng.integers(0, 256, size=(5, 224, 224, 3), dtype=np.uint8)
+    with torch.no_grad():
+        ref_prob, ref_emb = (t.numpy() for t in serving(torch.from_numpy(faces)))
+
+    backend = TritonBackend(TritonSettings(url=conn["DFMOD_TRITON__URL"]))
+    try:
+        backend.wait_ready(60)
+        info = backend.model_info()
+        got = backend.infer(faces)
+    finally:
+        backend.close()
+
+    assert info.name == "deepfake_clip" and info.weights == "random-init"
+    assert info.preprocessing_version == PREPROCESSING_VERSION
+    assert 0.0 < info.threshold < 1.0
+    assert got.fake_prob.shape == (5,) and got.embedding.shape == ref_emb.shape
+    np.testing.assert_allclose(got.fake_prob, ref_prob, atol=1e-4)
+    np.testing.assert_allclose(got.embedding, ref_emb, atol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(got.embedding, axis=1), 1.0, atol=1e-4)

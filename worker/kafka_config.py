@@ -1,0 +1,27 @@
+"""Connection settings shared by the consumer, the producers and the admin tools (security included)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.settings import KafkaSettings
+
+
+def connection_config(settings: KafkaSettings) -> dict[str, Any]:
+    """kafka-python keyword arguments for bootstrap servers, SASL and TLS."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers.split(","),
+        "client_id": settings.client_id,
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.sasl_mechanism:
+        config["sasl_mechanism"] = settings.sasl_mechanism
+        config["sasl_plain_username"] = settings.sasl_username
+        config["sasl_plain_password"] = (
+            settings.sasl_password.get_secret_value() if settings.sasl_password else None
+        )
+    for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        value = getattr(settings, key)
+        if value:
+            config[key] = value
+    return config

@@ -1,0 +1,209 @@
+"""One media item, fetch to verdict: stages 2-8 of DESIGN.md section 1 composed, errors turned into values.
+
+Shared by the streaming worker (`worker.service`) and the serverless `dfmod scan`: the two differ only in
+the inference backend behind the batcher and in whether a cache is attached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
+
+import numpy as np
+
+from worker import metrics
+from worker.aggregate import aggregate
+from worker.batch import MicroBatcher
+from worker.cache import VerdictCache, cache_key
+from worker.contracts import ErrorInfo, MediaData, ModelInfo, VerdictData
+from worker.decode import decode_media
+from worker.errors import ErrorCode, MediaError, status_for
+from worker.faces.extract import extract_faces
+from worker.faces.factory import create_detector
+from worker.fetch import fetch_media
+from worker.infer.base import InferenceError
+from worker.settings import WorkerSettings
+from worker.types import FaceDetector, StageTimer
+from worker.version import PIPELINE_VERSION
+
+log = logging.getLogger(__name__)
+
+#: Back-off before each retry of a failed inference request (Triton restarting, a model reloading).
+INFER_RETRY_BACKOFF_S = (0.5, 1.0, 2.0)
+
+
+class MediaPipeline:
+    """Turns `MediaData` into `VerdictData`. Thread-safe: call `process` from many threads at once."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        batcher: MicroBatcher,
+        model: ModelInfo,
+        cache: VerdictCache | None = None,
+        detector_factory: Callable[[], FaceDetector] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.batcher = batcher
+        self.model = model
+        self.cache = cache
+        self._detector_factory = detector_factory or (lambda: create_detector(settings.faces))
+        self._local = threading.local()
+        self._leaders: dict[str, Future[VerdictData]] = {}
+        self._leaders_lock = threading.Lock()
+
+    # -- public -------------------------------------------------------------------------------------
+    def process(self, data: MediaData) -> VerdictData:
+        timer = StageTimer()
+        deadline = time.monotonic() + self.settings.media_timeout_s
+        media_sha: str | None = None
+        try:
+            with self._stage(timer, "fetch"):
+                blob = fetch_media(data, self.settings.fetch)
+            with self._stage(timer, "hash"):
+                media_sha = hashlib.sha256(blob).hexdigest()
+            return self._process_once(blob, media_sha, data.content_type, timer, deadline)
+        except MediaError as exc:
+            return self._failure(exc.code, exc.message, media_sha, timer)
+        except Exception as exc:  # a bug must cost one verdict, never the worker
+            log.exception("internal error while processing media")
+            return self._failure(ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", media_sha, timer)
+
+    # -- stages -------------------------------------------------------------------------------------
+    def _process_once(
+        self, blob: bytes, media_sha: str, content_type: str | None, timer: StageTimer, deadline: float
+    ) -> VerdictData:
+        key = cache_key(media_sha, self.model, PIPELINE_VERSION, self.settings.cache.key_prefix)
+        if self.cache is not None:
+            with self._stage(timer, "cache_get"):
+                hit = self.cache.get(key)
+            metrics.CACHE.labels("hit" if hit else "miss").inc()
+            if hit is not None:
+                return VerdictData.model_validate({**hit, "cached": True, "timings_ms": timer.timings_ms})
+
+        # Single flight: the same bytes arriving twice at once are scored once; the follower waits.
+        with self._leaders_lock:
+            leader = self._leaders.get(media_sha)
+            if leader is None:
+                mine: Future[VerdictData] = Future()
+                self._leaders[media_sha] = mine
+        if leader is not None:
+            with self._stage(timer, "coalesced"):
+                shared = leader.result(timeout=max(0.0, deadline - time.monotonic()))
+            return shared.model_copy(update={"cached": True, "timings_ms": dict(timer.timings_ms)})
+
+        try:
+            verdict = self._score(blob, media_sha, content_type, timer, deadline)
+            mine.set_result(verdict)
+        except BaseException as exc:
+            mine.set_exception(exc)
+            raise
+        finally:
+            with self._leaders_lock:
+                self._leaders.pop(media_sha, None)
+
+        if self.cache is not None and verdict.status in ("ok", "no_face"):
+            with self._stage(timer, "cache_set"):
+                self.cache.set(key, verdict.model_dump(mode="json", exclude={"cached", "timings_ms"}))
+        return verdict
+
+    def _score(
+        self, blob: bytes, media_sha: str, content_type: str | None, timer: StageTimer, deadline: float
+    ) -> VerdictData:
+        with self._stage(timer, "decode"):
+            media = decode_media(blob, self.settings.decode, content_type)
+        self._check_deadline(deadline, "decode")
+        with self._stage(timer, "faces"):
+            crops = extract_faces(media.frames, self._detector(), self.settings.faces)
+        self._check_deadline(deadline, "faces")
+        fake_prob = np.zeros((0,), dtype=np.float32)
+        if crops:
+            with self._stage(timer, "infer"):
+                fake_prob = self._infer(np.stack([c.crop for c in crops]), deadline)
+        with self._stage(timer, "aggregate"):
+            agg = aggregate(crops, fake_prob, len(media.frames), self.model)
+        return VerdictData(
+            status=agg.status,
+            label=agg.label,
+            score=agg.score,
+            score_max=agg.score_max,
+            threshold=self.model.threshold,
+            frames_sampled=len(media.frames),
+            frames_with_faces=agg.frames_with_faces,
+            faces_count=agg.faces_count,
+            faces=agg.faces,
+            media_sha256=media_sha,
+            model=self.model,
+            pipeline_version=PIPELINE_VERSION,
+            cached=False,
+            timings_ms=timer.timings_ms,
+        )
+
+    def _infer(self, faces: np.ndarray, deadline: float) -> np.ndarray:
+        attempts = (0.0, *INFER_RETRY_BACKOFF_S)
+        last: BaseException | None = None
+        for backoff in attempts:
+            if backoff:
+                if time.monotonic() + backoff >= deadline:
+                    break
+                time.sleep(backoff)
+            try:
+                scores = self.batcher.submit(faces).result(timeout=max(0.0, deadline - time.monotonic()))
+                return scores.fake_prob
+            except FutureTimeout as exc:
+                raise MediaError(ErrorCode.TIMEOUT, "inference did not answer within the media time budget") from exc
+            except InferenceError as exc:
+                last = exc
+                log.warning("inference failed, will retry", extra={"error": str(exc)})
+        raise MediaError(ErrorCode.INFERENCE_FAILED, f"inference failed after retries: {last}")
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _detector(self) -> FaceDetector:
+        detector: FaceDetector | None = getattr(self._local, "detector", None)
+        if detector is None:
+            detector = self._detector_factory()
+            self._local.detector = detector
+        return detector
+
+    def _check_deadline(self, deadline: float, stage: str) -> None:
+        if time.monotonic() > deadline:
+            budget = self.settings.media_timeout_s
+            raise MediaError(ErrorCode.TIMEOUT, f"media time budget of {budget}s spent after {stage}")
+
+    @staticmethod
+    @contextmanager
+    def _stage(timer: StageTimer, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - start
+            timer.add(name, seconds * 1000.0)
+            metrics.STAGE_SECONDS.labels(name).observe(seconds)
+
+    def _failure(self, code: ErrorCode, message: str, media_sha: str | None, timer: StageTimer) -> VerdictData:
+        return failure_verdict(code, message, self.model, media_sha, timer.timings_ms)
+
+
+def failure_verdict(
+    code: ErrorCode,
+    message: str,
+    model: ModelInfo | None,
+    media_sha: str | None = None,
+    timings_ms: dict[str, float] | None = None,
+) -> VerdictData:
+    """The verdict for media we could not score: `rejected` or `error`, with its stable code."""
+    return VerdictData(
+        status=status_for(code),  # type: ignore[arg-type]
+        media_sha256=media_sha,
+        model=model,
+        pipeline_version=PIPELINE_VERSION,
+        timings_ms=timings_ms or {},
+        error=ErrorInfo(code=code, message=message[:500]),
+    )

@@ -1,0 +1,43 @@
+"""`dfmod produce`: publish media events for local files, inline (base64) or by URI."""
+
+from __future__ import annotations
+
+import base64
+import mimetypes
+import uuid
+from pathlib import Path
+from typing import Literal
+
+from kafka import KafkaProducer
+
+from worker.contracts import MediaData, MediaEvent, now_iso
+from worker.kafka_config import connection_config
+from worker.settings import KafkaSettings
+
+Mode = Literal["inline", "uri", "auto"]
+
+
+def event_for_file(path: Path, mode: Mode, max_inline_bytes: int, source: str = "dfmod-produce") -> MediaEvent:
+    """A `media.submitted` event for one file: inline when asked (or small, in auto mode), else a file:// URI."""
+    size = path.stat().st_size
+    content_type = mimetypes.guess_type(path.name)[0]
+    if mode == "inline" or (mode == "auto" and size <= max_inline_bytes):
+        data = MediaData(inline=base64.b64encode(path.read_bytes()).decode(), content_type=content_type,
+                         metadata={"filename": path.name})
+    else:
+        data = MediaData(uri=path.resolve().as_uri(), content_type=content_type, metadata={"filename": path.name})
+    return MediaEvent(id=str(uuid.uuid4()), source=source, time=now_iso(), data=data)
+
+
+def produce_events(settings: KafkaSettings, events: list[MediaEvent], timeout_s: float = 30.0) -> None:
+    """Send events keyed by id with acks=all, and wait until the broker has every one."""
+    producer = KafkaProducer(acks="all", **connection_config(settings))
+    try:
+        futures = [
+            producer.send(settings.events_topic, key=e.id.encode(), value=e.model_dump_json(exclude_none=True).encode())
+            for e in events
+        ]
+        for future in futures:
+            future.get(timeout=timeout_s)
+    finally:
+        producer.close(timeout=timeout_s)

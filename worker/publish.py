@@ -1,0 +1,71 @@
+"""Stage 9, publish: verdicts to `media.verdicts` and unparseable records to `media.events.dlq`.
+
+Sends use acks=all and idempotence; the callback fires only after the broker has the record, and only
+then may its offset be committed. A send that fails after the producer's own retries is sent again after a
+back-off (nothing is dropped while the worker runs; if it dies, the uncommitted offset brings the event back).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from kafka import KafkaProducer
+
+from worker import metrics
+from worker.contracts import DeadLetter, Verdict
+from worker.kafka_config import connection_config
+from worker.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+class Publisher:
+    def __init__(self, settings: KafkaSettings, retry_backoff_s: float = 1.0) -> None:
+        self.settings = settings
+        self.retry_backoff_s = retry_backoff_s
+        self._closing = threading.Event()
+        self._producer = KafkaProducer(
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            retries=5,
+            delivery_timeout_ms=30_000,
+            max_in_flight_requests_per_connection=5,
+            **connection_config(settings),
+        )
+
+    def publish_verdict(self, verdict: Verdict, on_ack: Callable[[], None]) -> None:
+        self._send(self.settings.verdicts_topic, verdict.id, verdict.model_dump_json().encode(), on_ack)
+
+    def publish_dead_letter(self, record: DeadLetter, on_ack: Callable[[], None]) -> None:
+        metrics.DLQ.inc()
+        self._send(self.settings.dlq_topic, record.id, record.model_dump_json().encode(), on_ack)
+
+    def _send(self, topic: str, key: str, value: bytes, on_ack: Callable[[], None]) -> None:
+        future = self._producer.send(topic, key=key.encode(), value=value)
+
+        def ok(_meta: Any) -> None:
+            on_ack()
+
+        def failed(exc: BaseException) -> None:
+            if self._closing.is_set():
+                log.error("send failed while closing; offset stays uncommitted", extra={"key": key})
+                return
+            metrics.PUBLISH_RETRIES.inc()
+            log.warning("send failed, retrying", extra={"key": key, "topic": topic, "error": repr(exc)})
+            timer = threading.Timer(self.retry_backoff_s, self._send, args=(topic, key, value, on_ack))
+            timer.daemon = True
+            timer.start()
+
+        future.add_callback(ok)
+        future.add_errback(failed)
+
+    def flush(self, timeout_s: float) -> None:
+        self._producer.flush(timeout=timeout_s)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._closing.set()
+        self._producer.close(timeout=timeout_s)
