@@ -1,0 +1,94 @@
+"""The one interface every inference backend (Triton over gRPC, local ONNX Runtime) answers.
+
+The model contract (DESIGN.md section 2): input `faces` UINT8 [N, 224, 224, 3] RGB aligned crops; outputs
+`fake_prob` FP32 [N] and `embedding` FP32 [N, D]. The helpers here hold the checks both backends share, so a
+malformed answer fails the same way whichever backend produced it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from worker.contracts import ModelInfo
+from worker.types import Scores
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "faces"
+OUTPUT_FAKE_PROB = "fake_prob"
+OUTPUT_EMBEDDING = "embedding"
+CROP_SHAPE = (224, 224, 3)
+
+#: Called exactly once per `infer_async` request, from a backend thread: (scores, None) or (None, error).
+ScoresCallback = Callable[[Scores | None, BaseException | None], None]
+
+
+class InferenceError(Exception):
+    """Inference failed or the server is unreachable; maps to the `inference_failed` error code."""
+
+
+@runtime_checkable
+class InferenceBackend(Protocol):
+    def model_info(self) -> ModelInfo:
+        """What the served model is (name, version, weights, calibrated threshold); read once at start-up."""
+        ...
+
+    def infer(self, faces: np.ndarray) -> Scores:
+        """Blocking inference of a uint8 (N, 224, 224, 3) batch; raises InferenceError."""
+        ...
+
+    def infer_async(self, faces: np.ndarray, callback: ScoresCallback) -> None:
+        """Start inference and return; `callback` gets the result or an InferenceError later, once.
+
+        May block while the backend's own in-flight bound is reached (that is the backpressure).
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+def check_faces(faces: np.ndarray) -> np.ndarray:
+    """The batch as the model wants it (C-contiguous uint8 (N, 224, 224, 3)), or ValueError."""
+    if not isinstance(faces, np.ndarray):
+        raise ValueError(f"faces must be a numpy array, got {type(faces).__name__}")
+    if faces.dtype != np.uint8:
+        raise ValueError(f"faces must be uint8, got {faces.dtype}")
+    if faces.ndim != 4 or faces.shape[1:] != CROP_SHAPE:
+        raise ValueError(f"faces must have shape (N, 224, 224, 3), got {faces.shape}")
+    return np.ascontiguousarray(faces)
+
+
+def scores_from_outputs(fake_prob: np.ndarray | None, embedding: np.ndarray | None, n: int) -> Scores:
+    """Validate raw model outputs for a batch of `n`: fake_prob [N] or [N, 1] -> [N]; embedding [N, D]."""
+    if fake_prob is None or embedding is None:
+        pairs = ((OUTPUT_FAKE_PROB, fake_prob), (OUTPUT_EMBEDDING, embedding))
+        missing = [name for name, arr in pairs if arr is None]
+        raise InferenceError(f"model answer lacks output(s) {missing}")
+    prob = np.asarray(fake_prob, dtype=np.float32)
+    if prob.ndim == 2 and prob.shape[1] == 1:
+        prob = prob[:, 0]
+    if prob.shape != (n,):
+        raise InferenceError(f"{OUTPUT_FAKE_PROB} has shape {prob.shape}, expected ({n},) or ({n}, 1)")
+    if not np.all(np.isfinite(prob)):  # a NaN would otherwise become a confident-looking verdict
+        raise InferenceError(f"{OUTPUT_FAKE_PROB} contains non-finite values")
+    emb = np.asarray(embedding, dtype=np.float32)
+    if emb.ndim != 2 or emb.shape[0] != n:
+        raise InferenceError(f"{OUTPUT_EMBEDDING} has shape {emb.shape}, expected ({n}, D)")
+    return Scores(fake_prob=np.ascontiguousarray(prob), embedding=np.ascontiguousarray(emb))
+
+
+def empty_scores(dim: int = 0) -> Scores:
+    """Scores for zero crops."""
+    return Scores(fake_prob=np.zeros((0,), np.float32), embedding=np.zeros((0, dim), np.float32))
+
+
+def deliver(callback: ScoresCallback, scores: Scores | None, error: BaseException | None) -> None:
+    """Call back, logging (not losing in a backend thread) whatever the callback raises."""
+    try:
+        callback(scores, error)
+    except Exception:
+        log.exception("inference callback raised")

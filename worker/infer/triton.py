@@ -1,0 +1,252 @@
+"""Inference on a Triton server over gRPC, several requests in flight.
+
+`async_infer` lets the batcher keep the GPU busy while earlier batches travel; a semaphore bounds the
+requests in flight (`max_in_flight`) so a slow server pushes back on the batcher instead of piling up
+requests, and every request carries a deadline (`timeout_s`) so a stuck server frees its slot.
+The model's calibrated parameters are read once, at start-up, from the server's model config.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from worker.contracts import ModelInfo
+from worker.infer.base import (
+    INPUT_NAME,
+    OUTPUT_EMBEDDING,
+    OUTPUT_FAKE_PROB,
+    InferenceError,
+    ScoresCallback,
+    check_faces,
+    deliver,
+    scores_from_outputs,
+)
+from worker.model_config import model_info_from_parameters, parameters_from_config_json
+from worker.settings import TritonSettings
+from worker.types import Scores
+
+log = logging.getLogger(__name__)
+
+#: Deadline of the small control calls (liveness, readiness, metadata): they must never hold /readyz.
+_CONTROL_TIMEOUT_S = 2.0
+
+
+def _version_key(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (-1, version)
+
+
+def _once(fn: Callable[[], None]) -> Callable[[], None]:
+    """`fn` wrapped to run at most once, whichever thread gets there first."""
+    lock = threading.Lock()
+    done = False
+
+    def run() -> None:
+        nonlocal done
+        with lock:
+            if done:
+                return
+            done = True
+        fn()
+
+    return run
+
+
+def latest_ready_version(index: Mapping[str, Any] | list[Any], model_name: str) -> str | None:
+    """Highest READY version of `model_name` in a repository index (`get_model_repository_index` JSON)."""
+    models = index.get("models", []) if isinstance(index, Mapping) else index
+    versions = [
+        str(m.get("version", ""))
+        for m in models
+        if m.get("name") == model_name and m.get("state") == "READY" and m.get("version")
+    ]
+    return max(versions, key=_version_key) if versions else None
+
+
+class TritonBackend:
+    """`InferenceBackend` on tritonclient.grpc. `client` is injectable for unit tests only."""
+
+    def __init__(self, settings: TritonSettings, client: Any | None = None) -> None:
+        if client is None:
+            import tritonclient.grpc as grpcclient  # heavy import, kept out of `dfmod --help`
+
+            client = grpcclient.InferenceServerClient(url=settings.url)
+        self.settings = settings
+        self._client = client
+        self._slots = threading.BoundedSemaphore(max(1, settings.max_in_flight))
+        self._version: str | None = settings.model_version or None
+        self._info: ModelInfo | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- start-up -------------------------------------------------------------------------------------
+
+    def resolve_version(self) -> str:
+        """The configured version, or the highest ready one (repository index, else model metadata)."""
+        if self._version:
+            return self._version
+        name = self.settings.model_name
+        version: str | None = None
+        try:
+            index = self._client.get_model_repository_index(as_json=True, client_timeout=_CONTROL_TIMEOUT_S)
+            version = latest_ready_version(index, name)
+        except Exception as exc:  # the index API may be disabled or restricted; metadata is the fallback
+            log.debug("repository index unavailable: %s", exc)
+        if version is None:
+            try:
+                meta = self._client.get_model_metadata(
+                    name, "", as_json=True, client_timeout=_CONTROL_TIMEOUT_S
+                )
+            except Exception as exc:
+                raise InferenceError(f"cannot read the metadata of model {name!r}: {exc}") from exc
+            versions = [str(v) for v in (meta or {}).get("versions", [])]
+            version = max(versions, key=_version_key) if versions else None
+        if version is None:
+            raise InferenceError(f"model {name!r} has no ready version on {self.settings.url}")
+        self._version = version
+        return version
+
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        """Block until the server is live and the model ready, then load `model_info`.
+
+        Raises InferenceError on timeout, ValueError at once on malformed model parameters.
+        """
+        deadline = time.monotonic() + (self.settings.ready_timeout_s if timeout_s is None else timeout_s)
+        last: BaseException | str = "not tried"
+        while True:
+            try:
+                if not self._client.is_server_live(client_timeout=_CONTROL_TIMEOUT_S):
+                    last = "server not live"
+                else:
+                    version = self.resolve_version()
+                    if self._client.is_model_ready(
+                        self.settings.model_name, version, client_timeout=_CONTROL_TIMEOUT_S
+                    ):
+                        self.model_info()
+                        return
+                    last = f"model {self.settings.model_name}/{version} not ready"
+            except ValueError:  # malformed model parameters: waiting will not fix them
+                raise
+            except Exception as exc:
+                last = exc
+            if time.monotonic() >= deadline:
+                raise InferenceError(f"Triton at {self.settings.url} not ready: {last}")
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    def model_info(self) -> ModelInfo:
+        """Name, version and calibrated parameters; fetched from the server once, then cached."""
+        with self._lock:
+            if self._info is None:
+                version = self.resolve_version()
+                try:
+                    config = self._client.get_model_config(
+                        self.settings.model_name, version, as_json=True, client_timeout=_CONTROL_TIMEOUT_S
+                    )
+                except Exception as exc:
+                    raise InferenceError(
+                        f"cannot read the config of {self.settings.model_name}/{version}: {exc}"
+                    ) from exc
+                self._info = model_info_from_parameters(
+                    self.settings.model_name, version, parameters_from_config_json(config or {})
+                )
+            return self._info
+
+    def is_ready(self) -> bool:
+        """For /readyz: server live and the model version we serve ready. Never raises."""
+        try:
+            version = self._version or self.resolve_version()
+            return bool(
+                self._client.is_server_live(client_timeout=_CONTROL_TIMEOUT_S)
+                and self._client.is_model_ready(
+                    self.settings.model_name, version, client_timeout=_CONTROL_TIMEOUT_S
+                )
+            )
+        except Exception:
+            return False
+
+    # -- inference ------------------------------------------------------------------------------------
+
+    def infer(self, faces: np.ndarray) -> Scores:
+        done: concurrent.futures.Future[Scores] = concurrent.futures.Future()
+
+        def finish(scores: Scores | None, error: BaseException | None) -> None:
+            if error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(scores)  # type: ignore[arg-type]
+
+        self.infer_async(faces, finish)
+        wait_s = 2 * self.settings.timeout_s + 5.0  # a slot wait plus the request's own deadline
+        try:
+            return done.result(timeout=wait_s)
+        except concurrent.futures.TimeoutError as exc:
+            raise InferenceError(f"no answer from Triton within {wait_s:.0f} s") from exc
+
+    def infer_async(self, faces: np.ndarray, callback: ScoresCallback) -> None:
+        """Send one request; blocks only while `max_in_flight` requests are out. Errors go to `callback`."""
+        try:
+            batch = check_faces(faces)
+        except ValueError as exc:
+            deliver(callback, None, InferenceError(str(exc)))
+            return
+        if self._closed:
+            deliver(callback, None, InferenceError("Triton backend is closed"))
+            return
+        if not self._slots.acquire(timeout=self.settings.timeout_s):
+            error = InferenceError(f"no free inference slot within {self.settings.timeout_s} s")
+            deliver(callback, None, error)
+            return
+        n = int(batch.shape[0])
+        release = _once(self._slots.release)
+
+        def on_done(result: Any = None, error: Any = None) -> None:
+            release()
+            if error is not None:
+                deliver(callback, None, InferenceError(f"Triton inference failed: {error}"))
+                return
+            try:
+                scores = scores_from_outputs(
+                    result.as_numpy(OUTPUT_FAKE_PROB), result.as_numpy(OUTPUT_EMBEDDING), n
+                )
+            except InferenceError as exc:
+                deliver(callback, None, exc)
+                return
+            except Exception as exc:
+                deliver(callback, None, InferenceError(f"unreadable Triton answer: {exc}"))
+                return
+            deliver(callback, scores, None)
+
+        try:
+            import tritonclient.grpc as grpcclient
+
+            inp = grpcclient.InferInput(INPUT_NAME, list(batch.shape), "UINT8")
+            inp.set_data_from_numpy(batch)
+            outputs = [
+                grpcclient.InferRequestedOutput(OUTPUT_FAKE_PROB),
+                grpcclient.InferRequestedOutput(OUTPUT_EMBEDDING),
+            ]
+            self._client.async_infer(
+                self.settings.model_name,
+                [inp],
+                callback=on_done,
+                model_version=self._version or "",
+                outputs=outputs,
+                client_timeout=self.settings.timeout_s,
+            )
+        except Exception as exc:
+            release()
+            deliver(callback, None, InferenceError(f"could not send to Triton: {exc}"))
+
+    def close(self) -> None:
+        self._closed = True
+        try:
+            self._client.close()
+        except Exception as exc:  # closing is best effort
+            log.debug("closing the Triton client: %s", exc)
+
