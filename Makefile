@@ -17,9 +17,13 @@ help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
+	deploy/local/system-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	timeout 900 $(BIN)/pip install -q --upgrade pip
 	timeout 1800 $(BIN)/pip install -q -e ".[train,dev,scrfd]"
+	# insightface pulls opencv-python, whose cv2 would shadow contrib's (CascadeClassifier): contrib must win.
+	timeout 600 $(BIN)/pip install -q --force-reinstall --no-deps \
+		"opencv-contrib-python-headless==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opencv-contrib-python-headless"))')"
 	touch $@
 
 setup: $(VENV)/.installed  ## create .venv with the worker, training and dev dependencies
