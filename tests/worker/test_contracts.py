@@ -44,8 +44,11 @@ def test_salvage_id_answers_only_to_usable_ids() -> None:
 
 
 def test_dead_letter_carries_raw_bytes_and_position() -> None:
-    record = ConsumerRecord("media.events", 3, 42, 1700000000000, 0, b"key", b"\x00raw", [("h", b"v")],
-                            None, 3, 4, -1)
+    record = ConsumerRecord(
+        topic="media.events", partition=3, leader_epoch=-1, offset=42, timestamp=1700000000000, timestamp_type=0,
+        key=b"key", value=b"\x00raw", headers=[("h", b"v")], checksum=None,
+        serialized_key_size=3, serialized_value_size=4, serialized_header_size=-1,
+    )
     dl = dead_letter(record, "not json")
     assert base64.b64decode(dl.data.value_b64) == b"\x00raw"
     assert base64.b64decode(dl.data.key_b64 or "") == b"key"

@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Apache Kafka for the local stack: one KRaft node (broker + controller) on 127.0.0.1, jars from Maven
+# Central, data in $DFMOD_STACK_DIR/kafka. Usage: kafka.sh up|down|status
+# Variables: KAFKA_PORT, KAFKA_CONTROLLER_PORT, KAFKA_EVENTS_PARTITIONS (default 4),
+#   KAFKA_VERDICTS_PARTITIONS (default 4), KAFKA_VERSION (default: the pin below), KAFKA_HEAP_OPTS,
+#   KAFKA_START_TIMEOUT (s, default 120), KAFKA_STOP_TIMEOUT (s, default 30), DFMOD_TOOLS_DIR.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+SVC=kafka
+
+# Pinned: 4.4.0 is the newest Kafka release on Maven Central (checked 2026-11); its classes target Java 17
+# (class file major 61), the JDK installed here, and kafka-python 3.0.12 (the worker's client) produces,
+# consumes in a group and commits offsets against it (tests/integration/test_stack.py). Kafka 4 removed
+# ZooKeeper and the pre-2.1 protocol versions, so neither 3.x habits nor old clients carry over.
+KAFKA_VERSION="${KAFKA_VERSION:-4.4.0}"
+KAFKA_HOME="$TOOLS_DIR/kafka-$KAFKA_VERSION"
+KAFKA_LIBS="$KAFKA_HOME/libs"
+
+kafka_answers() { port_answers "$KAFKA_PORT"; }
+
+# Resolve the broker's jars once into .tools/kafka-<version>/libs (a marker file says "complete").
+ensure_jars() {
+    [[ -f "$KAFKA_HOME/.complete" ]] && return 0
+    command -v java >/dev/null || die "java not found (Kafka ${KAFKA_VERSION} needs Java 17+)"
+    command -v mvn >/dev/null || die "mvn not found (it resolves the Kafka jars from Maven Central)"
+    mkdir -p "$TOOLS_DIR"
+    (
+        # Two stacks starting at once must not write the same libs folder.
+        exec 8>"$TOOLS_DIR/.kafka-$KAFKA_VERSION.lock"
+        flock -w 900 8 || die "timed out waiting for $TOOLS_DIR/.kafka-$KAFKA_VERSION.lock"
+        [[ -f "$KAFKA_HOME/.complete" ]] && exit 0
+        local tmp="$KAFKA_HOME.tmp.$$" t0=$SECONDS
+        rm -rf "$tmp"
+        log "resolving Kafka $KAFKA_VERSION jars from Maven Central into $KAFKA_LIBS"
+        timeout "${KAFKA_MVN_TIMEOUT:-900}" mvn -q -B -Dstyle.color=never -f "$LOCAL_DIR/kafka/pom.xml" \
+            -Dkafka.version="$KAFKA_VERSION" -DincludeScope=runtime -DoutputDirectory="$tmp/libs" \
+            dependency:copy-dependencies 2>&1 | sed -u 's/\x1b\[[0-9;]*m//g; /^[[:space:]]*$/d' >&2 \
+            || { rm -rf "$tmp"; die "mvn could not resolve Kafka $KAFKA_VERSION"; }
+        [[ -f "$tmp/libs/kafka_2.13-$KAFKA_VERSION.jar" ]] || die "kafka_2.13 jar missing after mvn"
+        rm -rf "$KAFKA_HOME"
+        mv "$tmp" "$KAFKA_HOME"
+        touch "$KAFKA_HOME/.complete"
+        log "jars resolved in $((SECONDS - t0))s ($(find "$KAFKA_LIBS" -name '*.jar' | wc -l) jars)"
+    )
+}
+
+write_configs() {
+    local dir="$1"
+    cat >"$dir/server.properties" <<EOF
+# Written by deploy/local/kafka.sh at every start; edit the script, not this file.
+process.roles=broker,controller
+node.id=1
+# Dynamic quorum (KIP-853), bootstrapped by \`StorageTool format --standalone\`.
+controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$dir/data
+# One node: every internal topic has one replica, and the defaults (3) would keep them from being created.
+default.replication.factor=1
+min.insync.replicas=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+# A dev broker: the first consumer of a group should not wait 3 s for others to join.
+group.initial.rebalance.delay.ms=0
+num.partitions=1
+auto.create.topics.enable=true
+log.retention.hours=24
+EOF
+    cat >"$dir/log4j2.properties" <<'EOF'
+# Kafka 4 logs through log4j2 (via slf4j); one console appender, which kafka.sh sends to kafka/log.
+status = warn
+appender.out.type = Console
+appender.out.name = STDOUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = ${env:KAFKA_LOG_LEVEL:-INFO}
+rootLogger.appenderRef.out.ref = STDOUT
+logger.cfg.name = org.apache.kafka.common.config.AbstractConfig
+logger.cfg.level = WARN
+EOF
+}
+
+# Kafka's Uuid text form: 16 random bytes, URL-safe base64 without padding; one starting with '-'
+# would read as an option on the command line, so draw again (Kafka's own generator does the same).
+random_cluster_id() {
+    local id
+    while :; do
+        id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+        [[ "$id" != -* ]] && { printf '%s' "$id"; return 0; }
+    done
+}
+
+# Format the storage once. The controller's address is written into the metadata log by --standalone,
+# so a changed controller port means a fresh log (this is a dev stack: the data is disposable).
+ensure_formatted() {
+    local dir="$1" stamp="$1/formatted-for" want cid
+    want="controller=127.0.0.1:$KAFKA_CONTROLLER_PORT version=$KAFKA_VERSION"
+    if [[ -f "$dir/data/meta.properties" && "$(cat "$stamp" 2>/dev/null)" == "$want" ]]; then
+        return 0
+    fi
+    if [[ -d "$dir/data" ]]; then
+        log "storage was formatted for '$(cat "$stamp" 2>/dev/null)', now '$want': wiping $dir/data"
+    fi
+    rm -rf "$dir/data"
+    cid="$(random_cluster_id)"
+    log "formatting storage (cluster id $cid)"
+    timeout 120 java -Xmx256m -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$KAFKA_LIBS/*" \
+        kafka.tools.StorageTool format --cluster-id "$cid" --config "$dir/server.properties" --standalone \
+        >>"$dir/log" 2>&1 || die "storage format failed; log tail:$(log_tail kafka)"
+    printf '%s\n' "$cid" >"$dir/cluster.id"
+    printf '%s\n' "$want" >"$stamp"
+}
+
+ensure_topics() {
+    local dir="$1" t0=$SECONDS
+    rm -f "$dir/topics.ok"
+    # shellcheck disable=SC2086
+    timeout "$((${KAFKA_START_TIMEOUT:-120} + 30))" java -Xmx128m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC \
+        -cp "$KAFKA_LIBS/*" "$LOCAL_DIR/kafka/EnsureTopics.java" \
+        "127.0.0.1:$KAFKA_PORT" "${KAFKA_START_TIMEOUT:-120}" \
+        "media.events:${KAFKA_EVENTS_PARTITIONS:-4}" \
+        "media.verdicts:${KAFKA_VERDICTS_PARTITIONS:-4}" \
+        "media.events.dlq:1" >"$dir/topics.out" 2>&1 \
+        || die "topic creation failed:$(sed 's/^/    | /' "$dir/topics.out")$(log_tail kafka 20)"
+    sed 's/^/    /' "$dir/topics.out" >&2
+    touch "$dir/topics.ok"
+    log "topics ready in $((SECONDS - t0))s"
+}
+
+kafka_up() {
+    local dir pid
+    dir="$(svc_dir kafka)"
+    if pid="$(svc_pid kafka)"; then
+        svc_check_config kafka "$(svc_config KAFKA_PORT KAFKA_CONTROLLER_PORT KAFKA_VERSION)"
+        if ! kafka_answers; then
+            log "pid $pid alive but not answering yet: waiting"
+            svc_wait_ready kafka "${KAFKA_START_TIMEOUT:-120}" "listener on 127.0.0.1:$KAFKA_PORT" kafka_answers
+        fi
+        [[ -f "$dir/topics.ok" ]] || ensure_topics "$dir"
+        log "already running (pid $pid, port $KAFKA_PORT)"
+        return 0
+    fi
+    local t0=$SECONDS
+    ensure_jars
+    require_free_ports "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"
+    mkdir -p "$dir"
+    write_configs "$dir"
+    ensure_formatted "$dir"
+    rm -f "$dir/topics.ok"
+    local t1=$SECONDS
+    # shellcheck disable=SC2086
+    svc_launch kafka java ${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m} -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+        -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
+        -Dlog4j2.configurationFile="$dir/log4j2.properties" -Dkafka.logs.dir="$dir" \
+        -cp "$KAFKA_LIBS/*" kafka.Kafka "$dir/server.properties"
+    svc_record_config kafka "$(svc_config KAFKA_PORT KAFKA_CONTROLLER_PORT KAFKA_VERSION)"
+    svc_wait_ready kafka "${KAFKA_START_TIMEOUT:-120}" "listener on 127.0.0.1:$KAFKA_PORT" kafka_answers
+    log "listening after $((SECONDS - t1))s (pid $LAUNCHED_PID)"
+    ensure_topics "$dir"
+    log "up in $((SECONDS - t0))s: bootstrap 127.0.0.1:$KAFKA_PORT"
+}
+
+main() {
+    case "${1:-}" in
+        up)
+            take_lock
+            KAFKA_PORT="$(resolve_port KAFKA_PORT)"
+            KAFKA_CONTROLLER_PORT="$(resolve_port KAFKA_CONTROLLER_PORT)"
+            kafka_up
+            ;;
+        down) take_lock; svc_stop kafka "${KAFKA_STOP_TIMEOUT:-30}" ;;
+        status)
+            KAFKA_PORT="$(peek_port KAFKA_PORT)"
+            KAFKA_CONTROLLER_PORT="$(peek_port KAFKA_CONTROLLER_PORT)"
+            svc_status_line kafka kafka_answers
+            ;;
+        *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+    esac
+}
+
+main "$@"
