@@ -1,0 +1,344 @@
+"""`dfmod-train export`: a detector -> Triton model repository `deepfake_clip` (DESIGN.md section 2).
+
+The ONNX graph takes the uint8 crops and normalises inside (`train.model.normalise`), so serving and
+training share one preprocessing. Nothing is written unless ONNX Runtime reproduces PyTorch within the
+tolerance: the repository is staged in a temporary directory and moved into place only after the check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from train.checkpoint import load_checkpoint
+from train.factory import ARCHES, RANDOM_INIT, create_detector
+from train.model import IMAGE_SIZE, DeepfakeDetector, ServingModel, parameter_breakdown
+from worker.version import PREPROCESSING_VERSION
+
+MODEL_NAME = "deepfake_clip"
+BACKENDS = ("python", "onnxruntime")
+TEMPLATE = Path(__file__).parent / "templates" / "python_backend_model.py"
+DEFAULT_OPSET = 18
+
+
+class ParityError(RuntimeError):
+    """ONNX Runtime disagrees with PyTorch beyond the tolerance; nothing was written."""
+
+
+@dataclass
+class ExportReport:
+    model_dir: str
+    config_path: str
+    onnx_path: str
+    python_model_path: str | None
+    backend: str
+    version: int
+    arch: str
+    weights: str
+    params: int
+    feature_dim: int
+    onnx_bytes: int
+    max_abs_diff: float
+    max_abs_diff_fake_prob: float
+    max_abs_diff_embedding: float
+    parity_batches: list[int]
+    seconds: float
+    parameters: dict[str, str] = field(default_factory=dict)
+
+
+def export_onnx(detector: DeepfakeDetector, path: Path, opset: int = DEFAULT_OPSET) -> None:
+    """torch.onnx (dynamo) export of `ServingModel` with a dynamic batch axis; uint8 in, fp32 out."""
+    serving = ServingModel(detector).eval()
+    example = torch.randint(0, 256, (2, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=torch.uint8)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            serving,
+            (example,),
+            dynamo=True,
+            input_names=["faces"],
+            output_names=["fake_prob", "embedding"],
+            dynamic_shapes={"faces": {0: batch}},
+            opset_version=opset,
+            optimize=True,
+            verbose=False,
+        )
+    if program is None:
+        raise RuntimeError("torch.onnx.export returned no program")
+    program.save(str(path))
+
+
+def parity(
+    detector: DeepfakeDetector, onnx_path: Path, batches: Sequence[int] = (1, 4), seed: int = 0
+) -> tuple[float, float]:
+    """Max abs difference (fake_prob, embedding) between ONNX Runtime (CPU) and PyTorch on random faces."""
+    import onnxruntime as ort
+
+    serving = ServingModel(detector).eval()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(seed)
+    worst_prob = worst_emb = 0.0
+    for n in batches:
+        faces = torch.randint(0, 256, (n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=torch.uint8, generator=gen)
+        with torch.no_grad():
+            prob, emb = serving(faces)
+        prob_ort, emb_ort = session.run(["fake_prob", "embedding"], {"faces": faces.numpy()})
+        if prob_ort.shape != (n,) or emb_ort.shape != (n, detector.feature_dim):
+            raise ParityError(f"ONNX output shapes {prob_ort.shape}, {emb_ort.shape} at batch {n}")
+        worst_prob = max(worst_prob, float(np.abs(prob_ort - prob.numpy()).max()))
+        worst_emb = max(worst_emb, float(np.abs(emb_ort - emb.numpy()).max()))
+    return worst_prob, worst_emb
+
+
+def _pb_string(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def render_config(
+    *,
+    backend: str,
+    feature_dim: int,
+    max_batch: int,
+    parameters: dict[str, str],
+    max_queue_delay_us: int = 2000,
+    instances: int = 1,
+    tensorrt: bool = False,
+) -> str:
+    """config.pbtxt text. `fake_prob` is one value per face: dims [1] with `reshape: { shape: [ ] }`
+    because the ONNX output is [N]; Triton clients receive it as [N, 1] (flatten it)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}")
+    if max_batch < 1:
+        raise ValueError("max_batch must be >= 1 (the contract batches on the first axis)")
+    head = 'backend: "python"' if backend == "python" else 'platform: "onnxruntime_onnx"'
+    kind = "KIND_CPU" if backend == "python" else "KIND_GPU"
+    lines = [
+        f'name: "{MODEL_NAME}"',
+        head,
+        f"max_batch_size: {max_batch}",
+        "input [",
+        '  { name: "faces", data_type: TYPE_UINT8, dims: [ 224, 224, 3 ] }',
+        "]",
+        "output [",
+        '  { name: "fake_prob", data_type: TYPE_FP32, dims: [ 1 ], reshape: { shape: [ ] } },',
+        f'  {{ name: "embedding", data_type: TYPE_FP32, dims: [ {feature_dim} ] }}',
+        "]",
+        "dynamic_batching {",
+        f"  max_queue_delay_microseconds: {max_queue_delay_us}",
+        "}",
+        f"instance_group [ {{ count: {instances}, kind: {kind} }} ]",
+    ]
+    if tensorrt:
+        if backend != "onnxruntime":
+            raise ValueError("--tensorrt needs --backend onnxruntime")
+        lines += [
+            "optimization { execution_accelerators {",
+            '  gpu_execution_accelerator : [ { name : "tensorrt",',
+            '    parameters { key: "precision_mode" value: "FP16" },',
+            '    parameters { key: "max_workspace_size_bytes" value: "4294967296" } } ]',
+            "} }",
+        ]
+    for key, value in parameters.items():
+        lines.append(f'parameters {{ key: "{key}" value: {{ string_value: "{_pb_string(value)}" }} }}')
+    return "\n".join(lines) + "\n"
+
+
+def _install(staged_model: Path, out_dir: Path, version: int) -> None:
+    """Move a staged model directory into `out_dir`, replacing only its config and this version."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / MODEL_NAME
+    if not target.exists():
+        os.replace(staged_model, target)
+        return
+    version_dir = target / str(version)
+    if version_dir.exists():
+        shutil.rmtree(version_dir)
+    os.replace(staged_model / str(version), version_dir)
+    os.replace(staged_model / "config.pbtxt", target / "config.pbtxt")
+
+
+def export_repository(
+    detector: DeepfakeDetector,
+    out_dir: str | Path,
+    *,
+    backend: str = "python",
+    version: int = 1,
+    threshold: float = 0.5,
+    uncertain_band: float = 0.0,
+    opset: int = DEFAULT_OPSET,
+    max_batch: int = 64,
+    tolerance: float = 1e-4,
+    tensorrt: bool = False,
+    checkpoint_sha256: str = "",
+    max_queue_delay_us: int = 2000,
+    instances: int = 1,
+    parity_batches: Sequence[int] = (1, 4),
+) -> ExportReport:
+    """Write `<out_dir>/deepfake_clip/{config.pbtxt,<version>/model.onnx[,model.py]}`; raise ParityError
+    (writing nothing) when ONNX Runtime and PyTorch differ by more than `tolerance`.
+
+    The detector is moved to CPU and put in eval mode.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}")
+    if version < 1:
+        raise ValueError("Triton model versions start at 1")
+    start = time.perf_counter()
+    detector = detector.cpu().eval()
+    out_dir = Path(out_dir).resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    parameters = {
+        "threshold": repr(float(threshold)),
+        "uncertain_band": repr(float(uncertain_band)),
+        "weights": detector.weights,
+        "preprocessing_version": PREPROCESSING_VERSION,
+        "arch": detector.arch,
+        "feature_dim": str(detector.feature_dim),
+        "checkpoint_sha256": checkpoint_sha256,
+    }
+    config_text = render_config(
+        backend=backend,
+        feature_dim=detector.feature_dim,
+        max_batch=max_batch,
+        parameters=parameters,
+        max_queue_delay_us=max_queue_delay_us,
+        instances=instances,
+        tensorrt=tensorrt,
+    )
+    # staged beside out_dir, not in it: a polling Triton must never see a half-written model
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-export-", dir=out_dir.parent) as tmp:
+        staged = Path(tmp) / MODEL_NAME
+        version_dir = staged / str(version)
+        version_dir.mkdir(parents=True)
+        onnx_path = version_dir / "model.onnx"
+        export_onnx(detector, onnx_path, opset=opset)
+        diff_prob, diff_emb = parity(detector, onnx_path, parity_batches)
+        worst = max(diff_prob, diff_emb)
+        if not worst <= tolerance:
+            raise ParityError(
+                f"ONNX Runtime vs PyTorch max abs diff {worst:.3g} (fake_prob {diff_prob:.3g}, "
+                f"embedding {diff_emb:.3g}) exceeds tolerance {tolerance:g}; repository not written"
+            )
+        if backend == "python":
+            shutil.copyfile(TEMPLATE, version_dir / "model.py")
+        (staged / "config.pbtxt").write_text(config_text)
+        onnx_bytes = sum(p.stat().st_size for p in version_dir.glob("model.onnx*"))
+        _install(staged, out_dir, version)
+    model_dir = out_dir / MODEL_NAME
+    final_version = model_dir / str(version)
+    return ExportReport(
+        model_dir=str(model_dir),
+        config_path=str(model_dir / "config.pbtxt"),
+        onnx_path=str(final_version / "model.onnx"),
+        python_model_path=str(final_version / "model.py") if backend == "python" else None,
+        backend=backend,
+        version=version,
+        arch=detector.arch,
+        weights=detector.weights,
+        params=parameter_breakdown(detector)["total"],
+        feature_dim=detector.feature_dim,
+        onnx_bytes=onnx_bytes,
+        max_abs_diff=worst,
+        max_abs_diff_fake_prob=diff_prob,
+        max_abs_diff_embedding=diff_emb,
+        parity_batches=list(parity_batches),
+        seconds=time.perf_counter() - start,
+        parameters=parameters,
+    )
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("export", help="export a detector to a Triton model repository (deepfake_clip)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path, help="LN-tuning checkpoint from `dfmod-train fit`")
+    src.add_argument("--arch", choices=sorted(ARCHES), help="export an untrained detector of this arch")
+    p.add_argument("--weights", default=RANDOM_INIT, help="with --arch: random-init | openai | PATH")
+    p.add_argument("--seed", type=int, default=0, help="with --arch: init seed")
+    p.add_argument("--backbone-weights", help="with --checkpoint: backbone file (or local OpenAI weights)")
+    p.add_argument("--out", type=Path, default=Path("triton_models"))
+    p.add_argument("--backend", choices=BACKENDS, default="python")
+    p.add_argument("--tensorrt", action="store_true", help="onnxruntime backend: TensorRT accelerator on GPU")
+    p.add_argument("--version", type=int, default=1)
+    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--max-queue-delay-us", type=int, default=2000)
+    p.add_argument("--instances", type=int, default=1)
+    p.add_argument("--tolerance", type=float, default=1e-4)
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    p.add_argument("--threshold", type=float, help="default: the checkpoint's calibrated threshold, else 0.5")
+    p.add_argument("--uncertain-band", type=float, help="default: the checkpoint's, else 0.0")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    checkpoint_sha = ""
+    extra: dict[str, Any] = {}
+    with console.status("building the detector"):
+        if args.checkpoint is not None:
+            detector, meta = load_checkpoint(args.checkpoint, backbone_weights=args.backbone_weights)
+            checkpoint_sha = str(meta["sha256"])
+            extra = dict(meta.get("extra") or {})
+        else:
+            detector = create_detector(args.arch, args.weights, seed=args.seed)
+    threshold = args.threshold if args.threshold is not None else float(extra.get("threshold", 0.5))
+    band = args.uncertain_band if args.uncertain_band is not None else float(extra.get("uncertain_band", 0.0))
+    try:
+        with console.status(f"exporting {detector.arch} to ONNX and checking parity"):
+            report = export_repository(
+                detector,
+                args.out,
+                backend=args.backend,
+                version=args.version,
+                threshold=threshold,
+                uncertain_band=band,
+                opset=args.opset,
+                max_batch=args.max_batch,
+                tolerance=args.tolerance,
+                tensorrt=args.tensorrt,
+                checkpoint_sha256=checkpoint_sha,
+                max_queue_delay_us=args.max_queue_delay_us,
+                instances=args.instances,
+            )
+    except ParityError as e:
+        console.print(f"[red]refused:[/red] {e}")
+        return 2
+    if args.json:
+        import json
+
+        print(json.dumps(asdict(report), indent=2))
+    else:
+        print_report(report)
+    return 0
+
+
+def print_report(report: ExportReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"exported {MODEL_NAME} v{report.version} ({report.backend} backend)")
+    for col in ("arch", "weights", "params", "onnx MB", "max abs diff", "seconds"):
+        table.add_column(col, justify="right" if col not in ("arch", "weights") else "left")
+    table.add_row(
+        report.arch,
+        report.weights,
+        f"{report.params:,}",
+        f"{report.onnx_bytes / 1e6:.1f}",
+        f"{report.max_abs_diff:.2e}",
+        f"{report.seconds:.1f}",
+    )
+    console = Console()
+    console.print(table)
+    console.print(f"repository: {report.model_dir}")
