@@ -130,6 +130,8 @@ class DeadLetterData(BaseModel):
     timestamp_ms: int | None = None
     key_b64: str | None = None
     value_b64: str
+    value_size: int = 0
+    value_truncated: bool = False
     headers: dict[str, str] = Field(default_factory=dict)
 
 

@@ -31,7 +31,7 @@ def event_for_file(path: Path, mode: Mode, max_inline_bytes: int, source: str = 
 
 def produce_events(settings: KafkaSettings, events: list[MediaEvent], timeout_s: float = 30.0) -> None:
     """Send events keyed by id with acks=all, and wait until the broker has every one."""
-    producer = KafkaProducer(acks="all", **connection_config(settings))
+    producer = KafkaProducer(acks="all", max_request_size=settings.max_message_bytes, **connection_config(settings))
     try:
         futures = [
             producer.send(settings.events_topic, key=e.id.encode(), value=e.model_dump_json(exclude_none=True).encode())

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kafka import KafkaProducer
+from kafka import errors as Errors
 
 from worker import metrics
 from worker.contracts import DeadLetter, Verdict
@@ -32,8 +33,9 @@ class Publisher:
             enable_idempotence=True,
             linger_ms=5,
             retries=5,
-            delivery_timeout_ms=30_000,
+            delivery_timeout_ms=120_000,  # Kafka default; must exceed linger_ms + request_timeout_ms
             max_in_flight_requests_per_connection=5,
+            max_request_size=settings.max_message_bytes,
             **connection_config(settings),
         )
 
@@ -51,6 +53,11 @@ class Publisher:
             on_ack()
 
         def failed(exc: BaseException) -> None:
+            if not getattr(exc, "retriable", True) and not isinstance(exc, Errors.KafkaTimeoutError):
+                # Retrying cannot help (e.g. a record over the broker's size limit): say so loudly. The offset
+                # stays uncommitted, so the event is re-delivered after the cause is fixed; nothing is lost.
+                log.error("send failed permanently", extra={"key": key, "topic": topic, "error": repr(exc)})
+                return
             if self._closing.is_set():
                 log.error("send failed while closing; offset stays uncommitted", extra={"key": key})
                 return

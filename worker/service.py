@@ -123,7 +123,8 @@ class Worker:
             event_id = salvage_id(record.value)
             if event_id is None:
                 log.warning("unparseable event to DLQ", extra={**ctx, "reason": event_or_reason})
-                self.publisher.publish_dead_letter(dead_letter(record, event_or_reason), acked)
+                room = self.settings.kafka.max_message_bytes * 3 // 4 - 16_384  # base64 and envelope overhead
+                self.publisher.publish_dead_letter(dead_letter(record, event_or_reason, room), acked)
                 return
             # We know whom to answer: an invalid event still gets its verdict.
             data = failure_verdict(ErrorCode.INVALID_EVENT, event_or_reason, self.model)
@@ -222,7 +223,9 @@ def salvage_id(value: bytes | None) -> str | None:
     return event_id if isinstance(event_id, str) and 0 < len(event_id) <= 512 else None
 
 
-def dead_letter(record: ConsumerRecord, reason: str) -> DeadLetter:
+def dead_letter(record: ConsumerRecord, reason: str, max_value_bytes: int = 768 * 1024) -> DeadLetter:
+    """The DLQ record; a value too big to fit the DLQ topic is cut (flagged) so the record can always be sent."""
+    value = record.value or b""
     return DeadLetter(
         data=DeadLetterData(
             reason=reason,
@@ -231,7 +234,9 @@ def dead_letter(record: ConsumerRecord, reason: str) -> DeadLetter:
             offset=record.offset,
             timestamp_ms=record.timestamp,
             key_b64=base64.b64encode(record.key).decode() if record.key else None,
-            value_b64=base64.b64encode(record.value or b"").decode(),
+            value_b64=base64.b64encode(value[:max_value_bytes]).decode(),
+            value_size=len(value),
+            value_truncated=len(value) > max_value_bytes,
             headers={k: base64.b64encode(v or b"").decode() for k, v in (record.headers or [])},
         )
     )

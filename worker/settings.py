@@ -31,6 +31,8 @@ class KafkaSettings(BaseModel):
     session_timeout_ms: int = 30_000
     max_poll_interval_ms: int = 300_000
     commit_interval_s: float = 1.0
+    #: The broker's `message.max.bytes`: producers' max request size, and the cap on DLQ payloads.
+    max_message_bytes: int = 1_048_576
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
@@ -44,6 +46,7 @@ class FetchSettings(BaseModel):
     """Where media may come from, and how much of it we accept (the SSRF guard lives here)."""
 
     max_bytes: int = 200 * 1024 * 1024
+    #: Decoded size of `data.inline`; the event must also fit the broker's message limit.
     max_inline_bytes: int = 8 * 1024 * 1024
     timeout_s: float = 20.0
     allow_schemes: list[Scheme] = Field(default_factory=lambda: list[Scheme](["https", "http"]))

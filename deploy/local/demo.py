@@ -30,7 +30,7 @@ def build_media() -> dict[str, Path]:
     DEMO_DIR.mkdir(exist_ok=True)
     still = SHARED / "fixtures" / "astronaut.png"
     video = DEMO_DIR / "astronaut_pan.mp4"
-    video.write_bytes(pan_zoom_video(load_rgb(still), seconds=2.0, fps=15))
+    video.write_bytes(pan_zoom_video(load_rgb(still), seconds=3.0, fps=15))
     broken = DEMO_DIR / "corrupt.mp4"
     broken.write_bytes(corrupt(video.read_bytes()))
     return {"still": still, "video": video, "corrupt": broken}

@@ -177,7 +177,7 @@ def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, b
     """Send raw (key, value) pairs with acks=all: bad input goes over the wire for real."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all")
+    producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", max_request_size=16 * 1024 * 1024)
     try:
         futures = [producer.send(topic, key=k, value=v) for k, v in messages]
         for f in futures:

@@ -68,6 +68,9 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 # A dev broker: the first consumer of a group should not wait 3 s for others to join.
 group.initial.rebalance.delay.ms=0
+# Small media travel inline (base64) in events; 16 MiB keeps a demo portrait well inside one record.
+message.max.bytes=16777216
+replica.fetch.max.bytes=16777216
 num.partitions=1
 auto.create.topics.enable=true
 log.retention.hours=24

@@ -97,6 +97,7 @@ write_env_file() {
 # Written by deploy/local/stack.sh; the worker's connection settings for this stack.
 # Use: set -a; . $STACK_DIR/env; set +a
 DFMOD_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT
+DFMOD_KAFKA__MAX_MESSAGE_BYTES=16777216
 DFMOD_CACHE__URL=redis://127.0.0.1:$REDIS_PORT/0
 DFMOD_TRITON__URL=127.0.0.1:$TRITON_GRPC_PORT
 TRITON_HTTP_URL=http://127.0.0.1:$TRITON_HTTP_PORT

@@ -23,7 +23,16 @@ def still_jpeg(quality: int = 90) -> bytes:
     return encode_image(load_rgb(ASTRONAUT), fmt="jpeg", quality=quality)
 
 
-def video_mp4(seconds: float = 2.0) -> bytes:
+def unique_still() -> tuple[bytes, bytes]:
+    """The portrait with one random corner pixel, as PNG and as JPEG: bytes no other test has sent."""
+    import numpy as np
+
+    rgb = load_rgb(ASTRONAUT).copy()
+    rgb[0, 0] = np.random.default_rng().integers(0, 256, 3, dtype=np.uint8)
+    return encode_image(rgb, fmt="png"), encode_image(rgb, fmt="jpeg", quality=90)
+
+
+def video_mp4(seconds: float = 3.0) -> bytes:
     return pan_zoom_video(load_rgb(ASTRONAUT), seconds=seconds, fps=15)
 
 

@@ -62,11 +62,12 @@ def test_repeat_upload_is_served_from_the_cache(
     bootstrap: str, topics: Topics, start_worker: WorkerFactory
 ) -> None:
     start_worker()
-    first = media.event(media.still_png())
+    png, jpeg = media.unique_still()  # the session's Redis is shared: bytes no other test has sent
+    first = media.event(png)
     produce(bootstrap, topics.events, [first[1:]])
     collect(bootstrap, topics.verdicts, {first[0]}, timeout_s=60)
-    again = media.event(media.still_png())            # same bytes, new event
-    other = media.event(media.still_jpeg())           # same picture, other bytes: not a cache hit
+    again = media.event(png)                          # same bytes, new event
+    other = media.event(jpeg)                         # same picture, other bytes: not a cache hit
     produce(bootstrap, topics.events, [again[1:], other[1:]])
     verdicts = by_id(collect(bootstrap, topics.verdicts, {first[0], again[0], other[0]}, timeout_s=60))
     a, b, c = verdicts[first[0]][0]["data"], verdicts[again[0]][0]["data"], verdicts[other[0]][0]["data"]

@@ -86,3 +86,15 @@ def test_settings_come_from_dfmod_variables(monkeypatch: pytest.MonkeyPatch) -> 
     assert s.kafka.bootstrap_servers == "b1:9092,b2:9092"
     assert s.faces.backend == "haar" and s.fetch.allow_hosts == ["10.0.0.0/8"] and s.max_in_flight == 3
     assert "hunter2" not in s.model_dump_json()
+
+
+def test_dead_letter_of_an_oversized_record_is_cut_and_flagged() -> None:
+    record = ConsumerRecord(
+        topic="t", partition=0, leader_epoch=-1, offset=1, timestamp=0, timestamp_type=0, key=None,
+        value=b"x" * 5000, headers=[], checksum=None,
+        serialized_key_size=-1, serialized_value_size=5000, serialized_header_size=-1,
+    )
+    dl = dead_letter(record, "too big to parse", max_value_bytes=1000)
+    assert len(base64.b64decode(dl.data.value_b64)) == 1000
+    assert dl.data.value_truncated and dl.data.value_size == 5000
+    assert not dead_letter(record, "fits", max_value_bytes=5000).data.value_truncated
