@@ -111,6 +111,7 @@ class MediaPipeline:
         if self.cache is not None and verdict.status in ("ok", "no_face"):
             with self._stage(timer, "cache_set"):
                 self.cache.set(key, verdict.model_dump(mode="json", exclude={"cached", "timings_ms"}))
+            verdict.timings_ms = dict(timer.timings_ms)
         return verdict
 
     def _score(

@@ -8,8 +8,8 @@ from pathlib import Path
 from worker.batch import MicroBatcher
 from worker.contracts import MediaData, Verdict
 from worker.infer.onnx_local import OnnxBackend
-from worker.pipeline import MediaPipeline
 from worker.model_config import check_preprocessing
+from worker.pipeline import MediaPipeline
 from worker.settings import WorkerSettings
 
 

@@ -25,7 +25,7 @@ from worker import metrics
 from worker.batch import MicroBatcher
 from worker.cache import VerdictCache
 from worker.consume import EventConsumer
-from worker.contracts import DeadLetter, DeadLetterData, MediaEvent, ModelInfo, Verdict, VerdictData
+from worker.contracts import DeadLetter, DeadLetterData, MediaEvent, Verdict, VerdictData
 from worker.errors import ErrorCode
 from worker.health import HealthState, serve
 from worker.infer.base import InferenceBackend

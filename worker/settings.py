@@ -13,7 +13,6 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 Scheme = Literal["http", "https", "s3", "file"]
 
 

@@ -73,7 +73,8 @@ def main() -> int:
         topics = Topics.fresh(bootstrap, prefix="demo")
         env = {**conn, **topics.env()}
         kafka = KafkaSettings(bootstrap_servers=bootstrap, events_topic=topics.events,
-                              verdicts_topic=topics.verdicts, dlq_topic=topics.dlq)
+                              verdicts_topic=topics.verdicts, dlq_topic=topics.dlq,
+                              max_message_bytes=int(conn["DFMOD_KAFKA__MAX_MESSAGE_BYTES"]))
         media = build_media()
         print("== starting a worker", flush=True)
         worker = WorkerProcess(env, DEMO_DIR / "worker.log").start()

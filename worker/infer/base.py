@@ -92,3 +92,16 @@ def deliver(callback: ScoresCallback, scores: Scores | None, error: BaseExceptio
         callback(scores, error)
     except Exception:
         log.exception("inference callback raised")
+
+
+def deliver_computed(callback: ScoresCallback, compute: Callable[[], Scores], failure: str) -> None:
+    """Run `compute` and call back with its scores, or with an InferenceError (unexpected ones prefixed `failure`)."""
+    try:
+        scores = compute()
+    except InferenceError as exc:
+        deliver(callback, None, exc)
+        return
+    except Exception as exc:
+        deliver(callback, None, InferenceError(f"{failure}: {exc}"))
+        return
+    deliver(callback, scores, None)

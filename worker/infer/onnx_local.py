@@ -22,6 +22,7 @@ from worker.infer.base import (
     ScoresCallback,
     check_faces,
     deliver,
+    deliver_computed,
     empty_scores,
     scores_from_outputs,
 )
@@ -108,19 +109,8 @@ class OnnxBackend:
             deliver(callback, None, InferenceError("ONNX backend is closed"))
             return
 
-        def job() -> None:
-            try:
-                scores = self.infer(faces)
-            except InferenceError as exc:
-                deliver(callback, None, exc)
-                return
-            except Exception as exc:
-                deliver(callback, None, InferenceError(f"onnx inference failed: {exc}"))
-                return
-            deliver(callback, scores, None)
-
         try:
-            self._pool.submit(job)
+            self._pool.submit(deliver_computed, callback, lambda: self.infer(faces), "onnx inference failed")
         except RuntimeError as exc:  # the pool shut down between the check and the submit
             deliver(callback, None, InferenceError(f"ONNX backend is closed: {exc}"))
 

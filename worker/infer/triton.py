@@ -26,6 +26,7 @@ from worker.infer.base import (
     ScoresCallback,
     check_faces,
     deliver,
+    deliver_computed,
     scores_from_outputs,
 )
 from worker.model_config import model_info_from_parameters, parameters_from_config_json
@@ -210,17 +211,11 @@ class TritonBackend:
             if error is not None:
                 deliver(callback, None, InferenceError(f"Triton inference failed: {error}"))
                 return
-            try:
-                scores = scores_from_outputs(
-                    result.as_numpy(OUTPUT_FAKE_PROB), result.as_numpy(OUTPUT_EMBEDDING), n
-                )
-            except InferenceError as exc:
-                deliver(callback, None, exc)
-                return
-            except Exception as exc:
-                deliver(callback, None, InferenceError(f"unreadable Triton answer: {exc}"))
-                return
-            deliver(callback, scores, None)
+            deliver_computed(
+                callback,
+                lambda: scores_from_outputs(result.as_numpy(OUTPUT_FAKE_PROB), result.as_numpy(OUTPUT_EMBEDDING), n),
+                "unreadable Triton answer",
+            )
 
         try:
             import tritonclient.grpc as grpcclient
