@@ -1,0 +1,218 @@
+"""`fit` end to end on CPU: a small learnable task, exact resumption, and what a run leaves on disk.
+
+The task: 224x224 crops of the astronaut at random offsets plus noise; "fake" crops carry a planted
+artefact (a 2-pixel checkerboard of amplitude ±20 over the crop, the kind of grid an upsampling generator
+leaves). Videos are split by id, so the held-out score is on videos never seen in training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from train import metrics
+from train.checkpoint import load_checkpoint, read_checkpoint
+from train.data.dataset import CropDataset
+from train.data.manifest import CropRecord, write_manifest
+from train.evaluate import evaluate, score_dataset
+from train.factory import create_detector
+from train.fit import FitConfig, cosine_factor, epoch_batches, fit, param_groups
+
+ARTEFACT_AMPLITUDE = 20
+
+
+@pytest.fixture(scope="module")
+def shared_dir() -> Path:
+    env = os.environ.get("DFMOD_SHARED_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / ".." / "shared"
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """The test machine's cores are shared; one intra-op thread is faster there and just as exact."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def build_task(root: Path, astronaut: Path, n_videos: int = 40, frames: int = 3, seed: int = 0) -> Path:
+    """Even videos real, odd fake; 60 % train, 20 % val, 20 % test by video id."""
+    rng = np.random.default_rng(seed)
+    bgr = cv2.imread(str(astronaut))
+    assert bgr is not None, astronaut
+    base = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    grid = (((np.indices((224, 224)).sum(0) // 2) % 2 * 2 - 1) * ARTEFACT_AMPLITUDE)[..., None]
+    records = []
+    for v in range(n_videos):
+        label = v % 2
+        split = "train" if v < 0.6 * n_videos else "val" if v < 0.8 * n_videos else "test"
+        x0, y0 = rng.integers(0, 512 - 224, 2)
+        for f in range(frames):
+            dx, dy = rng.integers(-8, 9, 2)
+            x, y = int(np.clip(x0 + dx, 0, 288)), int(np.clip(y0 + dy, 0, 288))
+            crop = base[y : y + 224, x : x + 224].astype(np.int16) + rng.integers(-20, 21, (224, 224, 3))
+            if label:
+                crop = crop + grid
+            rel = f"crops/v{v:03d}/{f}.png"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / rel), cv2.cvtColor(np.clip(crop, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR))
+            records.append(CropRecord(rel, label, f"v{v:03d}", "synthetic", f, split))
+    return write_manifest(root, records)
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path) -> Path:
+    root = tmp_path_factory.mktemp("task")
+    build_task(root, shared_dir / "fixtures" / "astronaut.png")
+    return root
+
+
+def base_config(data: Path, out: Path) -> FitConfig:
+    return FitConfig(
+        data=data,
+        out=out,
+        arch="tiny",
+        epochs=10,
+        batch_size=24,
+        lr=3e-2,
+        lr_min=3e-3,
+        augment=False,
+        device="cpu",
+        progress=False,
+    )
+
+
+def test_fit_learns_the_planted_artefact_on_held_out_videos(task: Path, tmp_path: Path) -> None:
+    test_set = CropDataset(task, split="test")
+    labels = np.asarray(test_set.labels)
+    untrained = score_dataset(create_detector("tiny", seed=42), test_set, "cpu", progress=False)
+    assert metrics.auroc(untrained, labels) < 0.8  # the task is not solved by the initial model
+
+    result = fit(base_config(task, tmp_path / "run"))
+    assert result.steps == 10 * 3 and result.epochs_completed == 10
+    assert result.best_checkpoint is not None and result.last_checkpoint.is_file()
+    assert len(result.history) == 10 and result.history[-1]["loss"] < result.history[0]["loss"]
+
+    doc = evaluate(result.last_checkpoint, task, tmp_path / "eval", split="test", device="cpu")
+    m = doc["metrics"]["all"]
+    print(f"held-out AUROC: frame {m['frame']['auroc']:.4f}, video {m['video']['auroc']:.4f}")
+    assert m["frame"]["auroc"] > 0.95
+    assert m["video"]["auroc"] > 0.95
+    assert m["video"]["n"] == 8 and m["frame"]["n"] == 24
+    on_disk = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert on_disk["metrics"]["all"]["video"]["auroc"] == pytest.approx(m["video"]["auroc"])
+    for png in ("roc_frame.png", "roc_video.png", "hist_frame.png", "hist_video.png"):
+        assert (tmp_path / "eval" / png).stat().st_size > 1000
+    assert len((tmp_path / "eval" / "frame_scores.csv").read_text().splitlines()) == 1 + 24
+
+
+def test_checkpoint_holds_only_trainable_params_and_config(task: Path, tmp_path: Path) -> None:
+    cfg = replace(base_config(task, tmp_path / "run"), epochs=1)
+    result = fit(cfg)
+    payload = read_checkpoint(result.last_checkpoint)
+    detector, meta = load_checkpoint(result.last_checkpoint)
+    trainable = {n for n, p in detector.named_parameters() if p.requires_grad}
+    assert set(payload["state_dict"]) == trainable
+    assert any(n.startswith("head.") for n in trainable) and all(n.startswith("head.") or "ln" in n for n in trainable)
+    assert meta["config"]["arch"] == "tiny" and meta["config"]["lr"] == cfg.lr
+    assert meta["extra"]["epoch"] == 1 and meta["extra"]["step"] == 3
+    assert result.last_checkpoint.stat().st_size < 200_000  # kilobytes, not the backbone
+
+
+def trainable_params(path: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(path)["state_dict"]
+
+
+def test_resume_gives_the_same_final_parameters(task: Path, tmp_path: Path) -> None:
+    # the full recipe's moving parts: augmentation, slerp, hypersphere terms, cosine schedule
+    cfg = replace(base_config(task, tmp_path / "straight"), epochs=2, batch_size=16, augment=True)
+    straight = fit(cfg)
+    steps_per_epoch = 5  # ceil(72 / 16)
+    assert straight.steps == 2 * steps_per_epoch
+
+    broken = replace(cfg, out=tmp_path / "broken", max_steps=3)  # stop mid epoch 1
+    first = fit(broken)
+    assert first.steps == 3 and first.epochs_completed == 0
+    assert read_checkpoint(first.last_checkpoint)["extra"]["batch_in_epoch"] == 3
+    after_three = trainable_params(first.last_checkpoint)
+    second = fit(replace(broken, resume=True, max_steps=7))  # cross the epoch boundary, stop in epoch 2
+    assert second.steps == 7 and second.epochs_completed == 1
+    final = fit(replace(broken, resume=True, max_steps=None))
+    assert final.steps == straight.steps and final.epochs_completed == 2
+
+    a, b = trainable_params(straight.last_checkpoint), trainable_params(final.last_checkpoint)
+    assert set(a) == set(b)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert [h["loss"] for h in final.history] == [h["loss"] for h in straight.history]
+    # and the steps after the interruption did move the parameters
+    assert not all(torch.equal(a[n], after_three[n]) for n in a)
+
+
+def test_resume_refuses_a_foreign_state_file(task: Path, tmp_path: Path) -> None:
+    cfg = replace(base_config(task, tmp_path / "run"), epochs=1, max_steps=1)
+    fit(cfg)
+    state = tmp_path / "run" / "last.state.pt"
+    blob = torch.load(state, weights_only=True)
+    blob["step"] = 99
+    torch.save(blob, state)
+    with pytest.raises(ValueError, match="sha256"):
+        fit(replace(cfg, resume=True, max_steps=None))
+
+
+def test_schedule_groups_and_batches() -> None:
+    assert cosine_factor(0, 100, 8e-5, 5e-5) == pytest.approx(1.0)
+    assert cosine_factor(50, 100, 8e-5, 5e-5) * 8e-5 == pytest.approx(6.5e-5)
+    assert cosine_factor(100, 100, 8e-5, 5e-5) * 8e-5 == pytest.approx(5e-5)
+    assert cosine_factor(150, 100, 8e-5, 5e-5) * 8e-5 == pytest.approx(5e-5)
+    detector = create_detector("tiny")
+    decay, no_decay = param_groups(detector, 0.01)
+    assert decay["params"] == [detector.head.weight] and decay["weight_decay"] == 0.01
+    assert no_decay["weight_decay"] == 0.0
+    n_trainable = sum(1 for p in detector.parameters() if p.requires_grad)
+    assert len(no_decay["params"]) == n_trainable - 1  # every LayerNorm weight/bias and the head bias
+    b1, b2 = epoch_batches(50, 16, 42, 0), epoch_batches(50, 16, 42, 1)
+    assert [len(b) for b in b1] == [16, 16, 16, 2]
+    assert sorted(i for b in b1 for i in b) == list(range(50))
+    assert b1 == epoch_batches(50, 16, 42, 0) and b1 != b2
+
+
+def test_cli_fit_runs(task: Path, tmp_path: Path) -> None:
+    from train.cli import main
+
+    out = tmp_path / "cli"
+    rc = main(
+        [
+            "fit",
+            "--data",
+            str(task),
+            "--arch",
+            "tiny",
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "36",
+            "--no-slerp",
+            "--no-augment",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--max-steps",
+            "1",
+        ]
+    )
+    assert rc == 0
+    meta = read_checkpoint(out / "last.pt")
+    assert meta["config"]["slerp"] is False and meta["config"]["batch_size"] == 36
+    assert meta["config"]["uniformity_weight"] == 0.5 and meta["config"]["alignment_weight"] == 0.1

@@ -1,0 +1,278 @@
+"""`dfmod-train prepare`: media -> aligned face crops + crop manifest, with the worker's own face pipeline.
+
+Decoding, detection and alignment are the worker's functions (`decode_media`, `create_detector`,
+`extract_faces`), called with the same settings types, so a training crop is byte-for-byte the crop the
+worker sends to the model. Crops are PNG (lossless). Media with no face (or that fail to decode) are listed
+in ``no_face.jsonl`` and a printed table instead of silently vanishing.
+
+Decision: by default only the largest face of each frame is kept (``--faces-per-frame 1``), because a
+fake video's label belongs to its manipulated (main) face; serving scores every face and takes the max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+from tqdm import tqdm
+
+from train.data.manifest import CropRecord, write_manifest
+from train.data.readers import FORMATS, MediaItem, read_source
+from train.data.splits import assign_splits
+from worker.decode import decode_media
+from worker.faces.extract import extract_faces
+from worker.faces.factory import create_detector
+from worker.settings import DecodeSettings, FaceSettings, WorkerSettings
+from worker.types import FaceCrop, FaceDetector
+
+NO_FACE_NAME = "no_face.jsonl"
+CROPS_DIR = "crops"
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    source: Path
+    out: Path
+    fmt: str | None = None
+    frames: int = 32
+    detector: str = "yunet"
+    weights_dir: Path | None = None
+    faces_per_frame: int = 1
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 42
+    ffpp_splits: Path | None = None
+    workers: int = 0
+
+
+@dataclass
+class MediaResult:
+    """What one media item produced: crops written (relative paths, frame indices) or why none."""
+
+    item: MediaItem
+    crops: list[tuple[str, int]] = field(default_factory=list)
+    frames_sampled: int = 0
+    reason: str | None = None
+
+
+def face_settings(detector: str, weights_dir: Path | None) -> FaceSettings:
+    """The worker's face settings (env `DFMOD_FACES__*` honoured) with the CLI's overrides."""
+    base = WorkerSettings().faces
+    update: dict[str, Any] = {"backend": detector}
+    if weights_dir is not None:
+        update["weights_dir"] = Path(weights_dir)
+    return FaceSettings.model_validate({**base.model_dump(), **update})
+
+
+def decode_settings(frames: int) -> DecodeSettings:
+    base = WorkerSettings().decode
+    return DecodeSettings.model_validate({**base.model_dump(), "frames": frames})
+
+
+def select_faces(faces: Sequence[FaceCrop], per_frame: int) -> list[FaceCrop]:
+    """Keep the `per_frame` largest faces of each frame (0 keeps all), in frame order."""
+    if per_frame <= 0:
+        return list(faces)
+    by_frame: dict[int, list[FaceCrop]] = {}
+    for f in faces:
+        by_frame.setdefault(f.frame_index, []).append(f)
+    kept: list[FaceCrop] = []
+    for idx in sorted(by_frame):
+        ranked = sorted(by_frame[idx], key=lambda f: f.detection.box[2] * f.detection.box[3], reverse=True)
+        kept.extend(ranked[:per_frame])
+    return kept
+
+
+def crop_relpath(item: MediaItem, frame_index: int, k: int) -> str:
+    """crops/<dataset>/<video id>-<hash>/<frame>_<k>.png; path-hostile characters are replaced, and the
+    short hash of the exact video id keeps two ids that sanitise alike (``a/b``, ``a_b``) apart."""
+    safe_vid = "".join(c if c.isalnum() or c in "-_." else "_" for c in item.video_id)
+    safe_ds = "".join(c if c.isalnum() or c in "-_." else "_" for c in item.dataset)
+    tag = hashlib.blake2b(item.video_id.encode(), digest_size=4).hexdigest()
+    return f"{CROPS_DIR}/{safe_ds}/{safe_vid}-{tag}/{frame_index:06d}_{k}.png"
+
+
+def write_png(path: Path, rgb: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"PNG encoding failed for {path}")
+    path.write_bytes(buf.tobytes())
+
+
+class MediaProcessor:
+    """Decode + detect + align + write for one media item; one instance (one detector) per process."""
+
+    def __init__(self, out: Path, decode: DecodeSettings, faces: FaceSettings, faces_per_frame: int) -> None:
+        self.out = out
+        self.decode = decode
+        self.faces = faces
+        self.faces_per_frame = faces_per_frame
+        self.detector: FaceDetector = create_detector(faces)
+
+    def __call__(self, item: MediaItem) -> MediaResult:
+        result = MediaResult(item)
+        try:
+            media = decode_media(item.path.read_bytes(), self.decode)
+        except Exception as exc:  # one bad file must not stop a dataset run; it is reported instead
+            result.reason = f"decode_failed: {type(exc).__name__}: {exc}"
+            return result
+        result.frames_sampled = len(media.frames)
+        faces = select_faces(extract_faces(media.frames, self.detector, self.faces), self.faces_per_frame)
+        if not faces:
+            result.reason = "no_face"
+            return result
+        seen: dict[int, int] = {}
+        for face in faces:
+            k = seen.get(face.frame_index, 0)
+            seen[face.frame_index] = k + 1
+            rel = crop_relpath(item, face.frame_index, k)
+            write_png(self.out / rel, face.crop)
+            result.crops.append((rel, face.frame_index))
+        return result
+
+
+_PROCESSOR: MediaProcessor | None = None
+
+
+def _init_worker(out: Path, decode: DecodeSettings, faces: FaceSettings, per_frame: int) -> None:
+    global _PROCESSOR
+    cv2.setNumThreads(1)  # processes already give the parallelism
+    _PROCESSOR = MediaProcessor(out, decode, faces, per_frame)
+
+
+def _run_one(item: MediaItem) -> MediaResult:
+    assert _PROCESSOR is not None
+    return _PROCESSOR(item)
+
+
+def _results(cfg: PrepareConfig, items: list[MediaItem]) -> Iterator[MediaResult]:
+    dec, fac = decode_settings(cfg.frames), face_settings(cfg.detector, cfg.weights_dir)
+    if cfg.workers <= 0:
+        proc = MediaProcessor(cfg.out, dec, fac, cfg.faces_per_frame)
+        yield from map(proc, items)
+        return
+    # spawn, not fork: forking a process that already runs OpenMP/FFmpeg threads (torch, PyAV) can deadlock
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        cfg.workers,
+        mp_context=ctx,
+        initializer=_init_worker,
+        initargs=(cfg.out, dec, fac, cfg.faces_per_frame),
+    ) as pool:
+        yield from pool.map(_run_one, items, chunksize=1)
+
+
+@dataclass
+class PrepareReport:
+    manifest: Path
+    media: int
+    crops: int
+    no_face: list[MediaResult]
+    per_split: dict[str, int]
+
+
+def prepare(cfg: PrepareConfig) -> PrepareReport:
+    """Run the whole preparation; the returned report is what the CLI prints."""
+    items = assign_splits(
+        read_source(cfg.source, cfg.fmt, cfg.ffpp_splits), cfg.val_fraction, cfg.test_fraction, cfg.seed
+    )
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    records: list[CropRecord] = []
+    failed: list[MediaResult] = []
+    bar = tqdm(_results(cfg, items), total=len(items), desc="prepare", unit="media")
+    for res in bar:
+        if res.reason is not None:
+            failed.append(res)
+        for rel, frame_index in res.crops:
+            it = res.item
+            assert it.split is not None
+            records.append(CropRecord(rel, it.label, it.video_id, it.dataset, frame_index, it.split))
+        bar.set_postfix(crops=len(records), no_face=len(failed))
+    manifest = write_manifest(cfg.out, records)
+    with (cfg.out / NO_FACE_NAME).open("w", encoding="utf-8") as fh:
+        for res in failed:
+            row = {
+                "path": str(res.item.path),
+                "video_id": res.item.video_id,
+                "dataset": res.item.dataset,
+                "label": res.item.label,
+                "frames_sampled": res.frames_sampled,
+                "reason": res.reason,
+            }
+            fh.write(json.dumps(row) + "\n")
+    per_split = {s: sum(1 for r in records if r.split == s) for s in ("train", "val", "test")}
+    return PrepareReport(manifest, len(items), len(records), failed, per_split)
+
+
+def print_report(report: PrepareReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    summary = Table(title="prepare")
+    for col in ("media", "crops", "train", "val", "test", "no face / failed"):
+        summary.add_column(col, justify="right")
+    summary.add_row(
+        str(report.media),
+        str(report.crops),
+        *(str(report.per_split[s]) for s in ("train", "val", "test")),
+        str(len(report.no_face)),
+    )
+    console.print(summary)
+    if report.no_face:
+        table = Table(title=f"media without a usable face ({NO_FACE_NAME})")
+        for col in ("video_id", "dataset", "frames", "reason"):
+            table.add_column(col)
+        for res in report.no_face:
+            table.add_row(res.item.video_id, res.item.dataset, str(res.frames_sampled), str(res.reason))
+        console.print(table)
+    console.print(f"manifest: {report.manifest}")
+
+
+def register(subparsers: Any) -> None:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "prepare", help="decode media, detect and align faces (worker pipeline), write crops + manifest"
+    )
+    p.add_argument("source", type=Path, help="FF++ root, a media manifest (CSV/JSONL) or a real/ fake/ folder")
+    p.add_argument("--out", type=Path, required=True, help="output folder (crops/, manifest.jsonl)")
+    p.add_argument("--format", dest="fmt", choices=FORMATS, default=None, help="source layout (guessed if unset)")
+    p.add_argument("--frames", type=int, default=32, help="frames sampled evenly per video")
+    p.add_argument("--detector", choices=("yunet", "scrfd", "haar"), default="yunet")
+    p.add_argument("--weights-dir", type=Path, default=None, help="face-detector weights folder")
+    p.add_argument("--faces-per-frame", type=int, default=1, help="largest N faces per frame (0 = all)")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--test-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=42, help="seed of the video-level split")
+    p.add_argument("--ffpp-splits", type=Path, default=None, help="folder with FF++ train/val/test.json")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes (0 = inline)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = PrepareConfig(
+        source=args.source,
+        out=args.out,
+        fmt=args.fmt,
+        frames=args.frames,
+        detector=args.detector,
+        weights_dir=args.weights_dir,
+        faces_per_frame=args.faces_per_frame,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        ffpp_splits=args.ffpp_splits,
+        workers=args.workers,
+    )
+    report = prepare(cfg)
+    print_report(report)
+    return 0

@@ -1,0 +1,228 @@
+"""`dfmod-train evaluate`: frame- and video-level AUROC, AP, EER and accuracy per dataset.
+
+Writes ``metrics.json``, ``frame_scores.csv`` (one row per crop, for later analysis) and PNG plots (ROC
+curves, score histograms) into the output folder, and prints a table. The accuracy threshold is the
+checkpoint's calibrated ``extra["threshold"]`` when present, else 0.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from train import metrics
+from train.augment import eval_transform
+from train.data.dataset import CropDataset, collate
+from train.model import DeepfakeDetector, normalise
+
+ALL = "all"
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> cuda when available, else cpu."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def autocast_for(device: str) -> Any:
+    """bf16 autocast on CUDA (the published setting); CPU runs in fp32 (bf16 on CPU is slow and lossy)."""
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def score_dataset(
+    detector: DeepfakeDetector,
+    dataset: CropDataset,
+    device: str,
+    batch_size: int = 256,
+    workers: int = 0,
+    progress: bool = True,
+    desc: str = "score",
+) -> npt.NDArray[np.float64]:
+    """p(fake) for every crop of `dataset`, in dataset order (whatever order batches arrive in)."""
+    was_training = detector.training
+    detector.eval()
+    out = np.full(len(dataset), np.nan, dtype=np.float64)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
+    for images, _, indices in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+        x = normalise(images.permute(0, 2, 3, 1).to(device, non_blocking=True))
+        with autocast_for(device):
+            logits, _ = detector(x)
+        out[indices.numpy()] = torch.softmax(logits.float(), dim=-1)[:, 1].cpu().numpy()
+    detector.train(was_training)
+    return out
+
+
+@dataclass
+class LevelScores:
+    """Scores and labels at one level (frame or video) for one dataset name."""
+
+    scores: npt.NDArray[np.float64]
+    labels: npt.NDArray[np.int64]
+
+
+def by_dataset(scores: npt.NDArray[np.float64], dataset: CropDataset) -> dict[str, dict[str, LevelScores]]:
+    """{dataset name or 'all': {"frame": ..., "video": ...}} (video score = mean of its frames)."""
+    labels = np.asarray(dataset.labels, dtype=np.int64)
+    names = np.asarray(dataset.datasets)
+    vids = dataset.video_ids
+    groups: dict[str, npt.NDArray[np.bool_]] = {ALL: np.ones(len(scores), dtype=bool)}
+    if len(set(names.tolist())) > 1:
+        groups |= {n: names == n for n in sorted(set(names.tolist()))}
+    out: dict[str, dict[str, LevelScores]] = {}
+    for name, mask in groups.items():
+        idx = np.flatnonzero(mask)
+        _, v_scores, v_labels = metrics.video_level(scores[idx], labels[idx], [vids[i] for i in idx])
+        out[name] = {"frame": LevelScores(scores[idx], labels[idx]), "video": LevelScores(v_scores, v_labels)}
+    return out
+
+
+def compute_metrics(
+    levels: dict[str, dict[str, LevelScores]], threshold: float
+) -> dict[str, dict[str, dict[str, float]]]:
+    return {
+        name: {lvl: metrics.summary(ls.scores, ls.labels, threshold) for lvl, ls in per.items()}
+        for name, per in levels.items()
+    }
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN/inf -> null, so metrics.json is strict JSON (a one-class split has no AUROC)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def _fmt(x: float) -> str:
+    return "—" if math.isnan(x) else f"{100 * x:.2f}"
+
+
+def print_table(results: dict[str, dict[str, dict[str, float]]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("dataset", "level", "n", "fake", "AUROC", "AP", "EER", "Acc"):
+        table.add_column(col, justify="left" if col in ("dataset", "level") else "right")
+    for name, per in results.items():
+        for lvl, m in per.items():
+            table.add_row(
+                name,
+                lvl,
+                str(int(m["n"])),
+                str(int(m["n_fake"])),
+                _fmt(m["auroc"]),
+                _fmt(m["ap"]),
+                _fmt(m["eer"]),
+                _fmt(m["accuracy"]),
+            )
+    Console().print(table)
+
+
+def write_frame_scores(path: Path, dataset: CropDataset, scores: Sequence[float]) -> None:
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "video_id", "dataset", "frame_index", "label", "score"])
+        for rec, s in zip(dataset.records, scores, strict=True):
+            w.writerow([rec.path, rec.video_id, rec.dataset, rec.frame_index, rec.label, f"{s:.6f}"])
+
+
+def evaluate(
+    checkpoint: Path,
+    data: Path,
+    out: Path,
+    split: str | None = "test",
+    device: str = "auto",
+    batch_size: int = 256,
+    workers: int = 0,
+    backbone_weights: str | None = None,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Score a split, write metrics.json / frame_scores.csv / plots, return the metrics document."""
+    from train.checkpoint import load_checkpoint
+
+    dev = resolve_device(device)
+    detector, meta = load_checkpoint(checkpoint, device=dev, backbone_weights=backbone_weights)
+    dataset = CropDataset(data, split=split, transform=eval_transform)
+    if len(dataset) == 0:
+        raise ValueError(f"no crops in {data} for split {split!r}")
+    threshold = float(meta.get("extra", {}).get("threshold", 0.5))
+    scores = score_dataset(detector, dataset, dev, batch_size, workers, desc=f"evaluate {split}")
+    levels = by_dataset(scores, dataset)
+    results = compute_metrics(levels, threshold)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": meta.get("sha256"),
+        "arch": meta.get("arch"),
+        "weights": meta.get("weights"),
+        "data": str(data),
+        "split": split,
+        "threshold": threshold,
+        "threshold_source": "checkpoint" if "threshold" in meta.get("extra", {}) else "default 0.5",
+        "metrics": results,
+    }
+    (out / "metrics.json").write_text(json.dumps(json_safe(doc), indent=2) + "\n", encoding="utf-8")
+    write_frame_scores(out / "frame_scores.csv", dataset, scores.tolist())
+    if plots:
+        from train.plots import plot_histograms, plot_roc
+
+        for lvl in ("frame", "video"):
+            sel = {n: (per[lvl].scores, per[lvl].labels) for n, per in levels.items()}
+            plot_roc(sel, out / f"roc_{lvl}.png", title=f"ROC ({lvl} level, {split})")
+            plot_histograms(sel, out / f"hist_{lvl}.png", threshold, title=f"scores ({lvl} level, {split})")
+    return doc
+
+
+def register(subparsers: Any) -> None:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "evaluate", help="frame/video AUROC, AP, EER, accuracy per dataset; metrics.json and plots"
+    )
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True, help="prepared folder (manifest.jsonl) or manifest file")
+    p.add_argument("--split", default="test", help="split to evaluate ('all' for every crop)")
+    p.add_argument("--out", type=Path, required=True, help="folder for metrics.json and plots")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--backbone-weights", default=None, help="backbone file when the checkpoint names a file hash")
+    p.add_argument("--no-plots", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    split = None if args.split == ALL else args.split
+    doc = evaluate(
+        args.checkpoint,
+        args.data,
+        args.out,
+        split,
+        args.device,
+        args.batch_size,
+        args.workers,
+        args.backbone_weights,
+        plots=not args.no_plots,
+    )
+    print_table(doc["metrics"], f"evaluate {args.checkpoint} on {args.split} (threshold {doc['threshold']:.4f})")
+    print(f"wrote {args.out / 'metrics.json'}")
+    return 0
