@@ -11,7 +11,7 @@ export DFMOD_SHARED_DIR := $(SHARED_DIR)
 export DFMOD_FACES__WEIGHTS_DIR ?= $(SHARED_DIR)/models
 PYTEST_ARGS ?=
 
-.PHONY: help setup tools demo test test-unit test-integration lint stack-up stack-down stack-status bench clean
+.PHONY: help setup tools schemas demo test test-unit test-integration lint stack-up stack-down stack-status bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -30,6 +30,10 @@ setup: $(VENV)/.installed  ## create .venv with the worker, training and dev dep
 
 tools:  ## build pinned helm and kubeconform into .tools/bin (from the Go module proxy, cached)
 	timeout 1200 deploy/tools.sh
+
+schemas: setup  ## regenerate values.schema.json from WorkerSettings and the vendored CRD/K8s schemas
+	PYTHONPATH=. $(BIN)/python deploy/helm/values_schema.py
+	$(BIN)/python deploy/crds/generate.py
 
 demo: setup  ## start the local stack, stream sample media through a worker, print verdicts, stop everything
 	timeout 1200 $(BIN)/python deploy/local/demo.py

@@ -83,7 +83,6 @@ class MediaPipeline:
         if self.cache is not None:
             with self._stage(timer, "cache_get"):
                 hit = self.cache.get(key)
-            metrics.CACHE.labels("hit" if hit else "miss").inc()
             if hit is not None:
                 return VerdictData.model_validate({**hit, "cached": True, "timings_ms": timer.timings_ms})
 

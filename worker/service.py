@@ -48,7 +48,7 @@ class Worker:
         self.health = HealthState()
         self.tracker = OffsetTracker()
         self.batcher = MicroBatcher(backend, settings.batch, on_batch=self._on_batch)
-        self.cache = VerdictCache(settings.cache)
+        self.cache = VerdictCache(settings.cache, on_event=lambda kind: metrics.CACHE.labels(kind).inc())
         self.pipeline = MediaPipeline(settings, self.batcher, self.model, self.cache)
         self.publisher = Publisher(settings.kafka)
         self.pool = ThreadPoolExecutor(settings.media_threads, thread_name_prefix="media")

@@ -15,7 +15,6 @@ from worker.decode import decode_media
 from worker.faces.align import crop_template, estimate_similarity
 from worker.faces.extract import extract_faces
 from worker.faces.factory import DetectorWeightsMissing, ThreadLocalDetector, create_detector
-from worker.faces.haar import haar_supported
 from worker.settings import DecodeSettings, FaceSettings
 from worker.types import Detection, FaceDetector, Frame, RGBImage
 
