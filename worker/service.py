@@ -14,6 +14,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 
@@ -143,7 +144,7 @@ class Worker:
 
         future.add_done_callback(done)
 
-    def _publish(self, event_id: str, data: VerdictData, acked: object, ctx: dict[str, object]) -> None:
+    def _publish(self, event_id: str, data: VerdictData, acked: Callable[[], None], ctx: dict[str, object]) -> None:
         metrics.EVENTS.labels(data.status).inc()
         if data.error is not None:
             metrics.ERRORS.labels(data.error.code.value).inc()
@@ -154,7 +155,7 @@ class Worker:
                    "score": data.score, "cached": data.cached,
                    "code": data.error.code.value if data.error else None},
         )
-        self.publisher.publish_verdict(verdict, acked)  # type: ignore[arg-type]
+        self.publisher.publish_verdict(verdict, acked)
 
     # -- backpressure and commits -------------------------------------------------------------------
     def _apply_backpressure(self) -> None:
