@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -215,10 +214,6 @@ def test_train_transform_deterministic_per_seed_epoch_index() -> None:
 # -- prepare: the worker's face pipeline, byte-for-byte ------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def shared_dir() -> Path:
-    env = os.environ.get("DFMOD_SHARED_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / ".." / "shared"
 
 
 def write_video(path: Path, rgb: np.ndarray, n_frames: int = 10) -> None:

@@ -8,8 +8,6 @@ leaves). Videos are split by id, so the held-out score is on videos never seen i
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,20 +26,11 @@ from train.fit import FitConfig, cosine_factor, epoch_batches, fit, param_groups
 
 ARTEFACT_AMPLITUDE = 20
 
-
-@pytest.fixture(scope="module")
-def shared_dir() -> Path:
-    env = os.environ.get("DFMOD_SHARED_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / ".." / "shared"
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """The test machine's cores are shared; one intra-op thread is faster there and just as exact."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
+
 
 
 def build_task(root: Path, astronaut: Path, n_videos: int = 40, frames: int = 3, seed: int = 0) -> Path:
