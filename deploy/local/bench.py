@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import SHARED, Stack, Topics, WorkerProcess, export_standin, produce
 
+from worker.produce import inline_event
 from worker.samples import encode_image, load_rgb, pan_zoom_video
 
 
@@ -31,16 +32,8 @@ def backlog(n_images: int, n_videos: int) -> list[bytes]:
 
 
 def _events(media: list[bytes]) -> list[tuple[bytes, bytes]]:
-    import base64
-    import uuid
-
-    out = []
-    for blob in media:
-        eid = str(uuid.uuid4())
-        doc = {"specversion": "1.0", "id": eid, "source": "bench", "type": "media.submitted",
-               "data": {"inline": base64.b64encode(blob).decode()}}
-        out.append((eid.encode(), json.dumps(doc).encode()))
-    return out
+    events = [inline_event(blob, source="bench") for blob in media]
+    return [(e.id.encode(), e.model_dump_json(exclude_none=True).encode()) for e in events]
 
 
 def _timestamps(bootstrap: str, topic: str, want: int, stages: dict[str, list[float]] | None = None) -> dict[str, int]:
