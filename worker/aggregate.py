@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from worker.types import FaceCrop
 
 @dataclass(frozen=True)
 class Aggregate:
-    """The verdict fields the aggregation decides; `verdict_fields()` feeds them to `VerdictData(...)`."""
+    """The verdict fields the aggregation decides (the pipeline copies them into `VerdictData`)."""
 
     status: Literal["ok", "no_face"]
     label: Label | None
@@ -31,20 +31,6 @@ class Aggregate:
     faces: list[FaceResult] = field(default_factory=list)
     frames_sampled: int = 0
     threshold: float | None = None
-
-    def verdict_fields(self) -> dict[str, Any]:
-        """Keyword arguments for `VerdictData` (status, label, scores, threshold, counts, faces)."""
-        return {
-            "status": self.status,
-            "label": self.label,
-            "score": self.score,
-            "score_max": self.score_max,
-            "threshold": self.threshold,
-            "frames_sampled": self.frames_sampled,
-            "frames_with_faces": self.frames_with_faces,
-            "faces_count": self.faces_count,
-            "faces": list(self.faces),
-        }
 
 
 def label_for(score: float, threshold: float, band: float = 0.0) -> Label:

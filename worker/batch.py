@@ -14,7 +14,7 @@ import itertools
 import logging
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
@@ -29,19 +29,6 @@ log = logging.getLogger(__name__)
 
 #: Called once per successful batch with its size and its inference round trip in seconds.
 BatchHook = Callable[[int, float], None]
-
-
-@dataclass(frozen=True)
-class BatchStats:
-    """A consistent snapshot of the batcher's counters (for Prometheus callbacks and tests)."""
-
-    batches: int                # batches answered successfully
-    items: int                  # crops in those batches
-    errors: int                 # batches that failed
-    failed_items: int           # crops in failed batches
-    in_flight: int              # batches sent and not answered yet
-    queued: int                 # crops waiting for a batch
-    sizes: dict[int, int]       # batch size -> number of successful batches of that size
 
 
 class _Request:
@@ -141,11 +128,6 @@ class MicroBatcher:
         self._ids = itertools.count()
         self._closing = False
         self._dim = 0
-        self._batches = 0
-        self._items = 0
-        self._errors = 0
-        self._failed_items = 0
-        self._sizes: Counter[int] = Counter()
         self._thread = threading.Thread(target=self._run, name="micro-batcher", daemon=True)
         self._thread.start()
 
@@ -180,30 +162,6 @@ class MicroBatcher:
             if was_empty or self._queued >= self.max_size:
                 self._cond.notify_all()
         return future
-
-    def stats(self) -> BatchStats:
-        with self._cond:
-            return BatchStats(
-                batches=self._batches,
-                items=self._items,
-                errors=self._errors,
-                failed_items=self._failed_items,
-                in_flight=len(self._in_flight),
-                queued=self._queued,
-                sizes=dict(self._sizes),
-            )
-
-    @property
-    def batches(self) -> int:
-        return self.stats().batches
-
-    @property
-    def items(self) -> int:
-        return self.stats().items
-
-    @property
-    def size_histogram(self) -> dict[int, int]:
-        return self.stats().sizes
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop taking crops, send what is queued, wait up to `timeout_s` for answers, fail the rest."""
@@ -313,15 +271,8 @@ class MicroBatcher:
                 row += n
         with self._cond:
             self._in_flight.pop(batch_id, None)
-            if error is None:
-                self._batches += 1
-                self._items += batch.size
-                self._sizes[batch.size] += 1
-                if scores is not None and scores.embedding.ndim == 2:
-                    self._dim = scores.embedding.shape[1]
-            else:
-                self._errors += 1
-                self._failed_items += batch.size
+            if error is None and scores is not None and scores.embedding.ndim == 2:
+                self._dim = scores.embedding.shape[1]
             self._cond.notify_all()
         if error is None and self.on_batch is not None:
             try:

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 KEY_SCHEMA_VERSION = 1
 
-#: Receives "hit", "miss", "error" (Redis failed) or "skip" (breaker open) once per get/set/ping outcome.
+#: Receives "hit", "miss", "error" (Redis failed) or "skip" (breaker open) once per get/set outcome.
 CacheHook = Callable[[str], None]
 
 
@@ -116,12 +116,11 @@ class VerdictCache:
             except Exception:
                 log.exception("cache on_event hook raised")
 
-    def _available(self, count: bool = True) -> bool:
+    def _available(self) -> bool:
         if not self.enabled:
             return False
         if time.monotonic() < self._open_until:
-            if count:
-                self._count("skip")
+            self._count("skip")
             return False
         return True
 
@@ -140,11 +139,6 @@ class VerdictCache:
             with self._lock:
                 self._open_until = 0.0
             log.info("redis is back, verdict cache in use again")
-
-    @property
-    def available(self) -> bool:
-        """False while disabled or while the breaker is open."""
-        return self.enabled and time.monotonic() >= self._open_until
 
     # -- operations ------------------------------------------------------------------------------------
 
@@ -188,18 +182,6 @@ class VerdictCache:
             self._failed("SET", exc)
             return
         self._succeeded()
-
-    def ping(self) -> bool:
-        """True when Redis answers now. False when disabled or while the breaker is open (no network then)."""
-        if not self._available(count=False):
-            return False
-        try:
-            ok = bool(self._client.ping())
-        except Exception as exc:
-            self._failed("PING", exc)
-            return False
-        self._succeeded()
-        return ok
 
     def close(self) -> None:
         if self._client is not None:

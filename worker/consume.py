@@ -1,17 +1,31 @@
 """Stage 1, consume: a kafka-python consumer in a group, with manual commits and pause/resume backpressure.
 
-Offsets are never auto-committed. The service commits only what `OffsetTracker` reports as contiguous and
+Offsets are never auto-committed. The loop commits only what `OffsetTracker` reports as contiguous and
 acknowledged, so a crash re-delivers (at-least-once) and never skips an event.
+
+Rebalances. kafka-python runs rebalance listeners on its network thread, from inside `poll()`; a listener
+that calls a blocking consumer method there fails ("Cannot block on net.run() from the IO thread"). So the
+listener only records what changed (`RebalanceEvent`) and the loop thread handles it after `poll()`
+returns. That is sound because the group uses the cooperative-sticky assignor (KIP-429): a partition is
+revoked *after* the rebalance round that moves it, while this member still belongs to the current
+generation, and its new owner gets it only in a follow-up round that starts with this member's next
+`poll()`. Between the two the loop waits for the revoked partitions' work and commits it. Partitions
+kept across a rebalance are never revoked, so their in-flight work and tracker state carry on. With the
+eager protocol (everything revoked before the rebalance) no commit after the callback could be valid.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.structs import OffsetAndMetadata
 
 from worker import metrics
@@ -20,34 +34,53 @@ from worker.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
+RebalanceKind = Literal["assigned", "revoked", "lost"]
 
-class _Listener(ConsumerRebalanceListener):
-    def __init__(
-        self,
-        on_revoked: Callable[[list[TopicPartition]], None],
-        on_assigned: Callable[[list[TopicPartition]], None],
-    ) -> None:
-        self._on_revoked = on_revoked
-        self._on_assigned = on_assigned
+
+@dataclass(frozen=True)
+class RebalanceEvent:
+    """What a rebalance changed. `lost`: the membership expired; nothing of these may be committed."""
+
+    kind: RebalanceKind
+    partitions: frozenset[TopicPartition]
+
+
+class _Recorder(ConsumerRebalanceListener):
+    """Runs on kafka-python's network thread: records, never calls the consumer."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: list[RebalanceEvent] = []
+
+    def _add(self, kind: RebalanceKind, tps: Iterable[TopicPartition]) -> None:
+        parts = frozenset(tps)
+        if parts:
+            with self._lock:
+                self._events.append(RebalanceEvent(kind, parts))
 
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        self._on_revoked(list(revoked))
+        self._add("revoked", revoked)
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        self._on_assigned(list(assigned))
+        self._add("assigned", assigned)
+
+    def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
+        self._add("lost", lost)
+
+    def drain(self) -> list[RebalanceEvent]:
+        with self._lock:
+            events, self._events = self._events, []
+        return events
 
 
 class EventConsumer:
     """Owns the KafkaConsumer. Not thread-safe (kafka-python's consumer is not): call it from the loop only."""
 
-    def __init__(
-        self,
-        settings: KafkaSettings,
-        on_revoked: Callable[[list[TopicPartition]], None],
-        on_assigned: Callable[[list[TopicPartition]], None],
-    ) -> None:
+    def __init__(self, settings: KafkaSettings, topics: list[str] | None = None) -> None:
         self.settings = settings
         self.paused = False
+        self._recorder = _Recorder()
+        extra = {"group_instance_id": settings.group_instance_id} if settings.group_instance_id else {}
         self._consumer = KafkaConsumer(
             group_id=settings.group_id,
             enable_auto_commit=False,
@@ -55,46 +88,42 @@ class EventConsumer:
             max_poll_records=settings.max_poll_records,
             session_timeout_ms=settings.session_timeout_ms,
             max_poll_interval_ms=settings.max_poll_interval_ms,
+            partition_assignment_strategy=[CooperativeStickyAssignor],
+            **extra,
             **connection_config(settings),
         )
-        self._consumer.subscribe([settings.events_topic], listener=_Listener(on_revoked, on_assigned))
+        self._consumer.subscribe(topics or [settings.events_topic], listener=self._recorder)
 
     def poll(self, timeout_ms: int, max_records: int) -> list[ConsumerRecord]:
+        """Records (none when `max_records <= 0`); always drives heartbeats and rebalances."""
         if max_records <= 0:
-            # Still call poll: it drives heartbeats, rebalances and (for paused partitions) returns nothing.
-            self._consumer.poll(timeout_ms=timeout_ms, max_records=1, update_offsets=True)
-            return []
-        batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+            self.set_paused(True)  # a poll that must return nothing: paused partitions fetch nothing
+        batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max(1, max_records))
         return [record for records in batches.values() for record in records]
 
-    def assignment(self) -> set[TopicPartition]:
-        return set(self._consumer.assignment())
+    def rebalance_events(self) -> list[RebalanceEvent]:
+        """What the rebalances inside the last `poll()` changed, in order (then forgotten)."""
+        return self._recorder.drain()
 
-    def pause(self) -> None:
-        """Stop fetching from every assigned partition (the group membership stays alive)."""
-        if not self.paused:
-            self._consumer.pause(*self._consumer.assignment())
-            self.paused = True
-            metrics.PAUSED.set(1)
-            log.info("backpressure: partitions paused")
-
-    def resume(self) -> None:
-        if self.paused:
+    def set_paused(self, paused: bool) -> None:
+        """Fetch nothing (True) or everything assigned (False); group membership stays alive either way."""
+        if paused:
+            self._consumer.pause(*self._consumer.assignment())  # also covers partitions assigned since
+            if not self.paused:
+                log.info("partitions paused")
+        elif self.paused:
             self._consumer.resume(*self._consumer.paused())
-            self.paused = False
-            metrics.PAUSED.set(0)
-            log.info("backpressure: partitions resumed")
-
-    def reapply_pause(self) -> None:
-        """After a rebalance the new assignment starts unpaused; pause it again if we were paused."""
-        if self.paused:
-            self._consumer.pause(*self._consumer.assignment())
+            log.info("partitions resumed")
+        self.paused = paused
+        metrics.PAUSED.set(1 if paused else 0)
 
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Synchronous commit; raises when the broker refuses (e.g. the generation moved on)."""
         if not offsets:
             return
         self._consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
         metrics.COMMITS.inc()
 
     def close(self) -> None:
+        """Leave the group (dynamic members: the partitions move at once) and close the connections."""
         self._consumer.close(autocommit=False)

@@ -49,7 +49,10 @@ def status_for(code: ErrorCode) -> str:
 class MediaError(Exception):
     """A problem with one media item, carrying its stable code out of the stage that found it."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, transient: bool = False) -> None:
         super().__init__(f"{code.value}: {message}")
         self.code = code
         self.message = message
+        #: The same request may succeed later (origin 5xx/429, refused connection, timeout): the worker
+        #: retries the event through the retry topic before it answers with this error.
+        self.transient = transient

@@ -124,7 +124,8 @@ def _get_once(
             return _get_from(client, url, address, target.scheme, settings, deadline)
         except _Unreachable as exc:
             if attempt == len(target.addresses):
-                raise MediaError(ErrorCode.FETCH_FAILED, f"cannot connect to {target.host}: {exc}") from exc
+                message = f"cannot connect to {target.host}: {exc}"
+                raise MediaError(ErrorCode.FETCH_FAILED, message, transient=True) from exc
     raise AssertionError("resolve_checked returns at least one address")
 
 
@@ -154,12 +155,15 @@ def _get_from(
                     raise MediaError(ErrorCode.FETCH_FAILED, f"HTTP {response.status_code} without Location")
                 return None, location
             if response.status_code >= 400:
-                raise MediaError(ErrorCode.FETCH_FAILED, f"HTTP {response.status_code} from {original.host}")
+                transient = response.status_code >= 500 or response.status_code in (408, 429)
+                raise MediaError(
+                    ErrorCode.FETCH_FAILED, f"HTTP {response.status_code} from {original.host}", transient
+                )
             return _read_limited(response, settings.max_bytes, deadline), ""
     except httpx.ConnectError as exc:
         raise _Unreachable(f"{address}: {exc}") from exc
     except httpx.TimeoutException as exc:
-        raise MediaError(ErrorCode.TIMEOUT, f"fetch timed out: {type(exc).__name__}") from exc
+        raise MediaError(ErrorCode.TIMEOUT, f"fetch timed out: {type(exc).__name__}", transient=True) from exc
     except httpx.HTTPError as exc:
         raise MediaError(ErrorCode.FETCH_FAILED, f"{type(exc).__name__}: {exc}") from exc
 

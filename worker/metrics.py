@@ -29,3 +29,13 @@ INFER_SECONDS = Histogram(
 )
 PUBLISH_RETRIES = Counter("dfmod_publish_retries_total", "Verdict/DLQ sends retried after a broker error")
 COMMITS = Counter("dfmod_commits_total", "Offset commits")
+
+# -- reliability (issue 8): retries, outages, redeliveries ---------------------------------------------
+INFER_RETRIES = Counter("dfmod_inference_retries_total", "Inference requests retried while the backend was failing")
+BREAKER_OPEN = Gauge(
+    "dfmod_dependency_down", "1 while a dependency the verdict needs is failing (no new work is taken)", ["dependency"]
+)
+ITEM_RETRIES = Counter("dfmod_item_retries_total", "Events sent to the retry topic after a transient failure")
+CRASH_GUARD = Counter(
+    "dfmod_crash_guard_total", "Records dead-lettered unprocessed: in flight each time a worker died"
+)

@@ -31,6 +31,7 @@ def _key(tp: PartitionKey) -> TopicPartition:
 @dataclass
 class _Partition:
     tp: TopicPartition
+    epoch: int               # which ownership of the partition this is (a re-assignment starts a new one)
     unacked: set[int] = field(default_factory=set)
     high: int = 0            # one past the highest offset taken
     committed: int = 0       # the last commit position reported through mark_committed (or the start)
@@ -45,27 +46,38 @@ class OffsetTracker:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._parts: dict[TopicPartition, _Partition] = {}
+        self._epochs = 0
 
-    def track(self, tp: PartitionKey, offset: int) -> None:
-        """A record was taken from `tp` at `offset` and is now in flight."""
+    def track(self, tp: PartitionKey, offset: int) -> int:
+        """A record was taken from `tp` at `offset` and is now in flight. Returns the ownership epoch to
+        pass to `ack`, so an answer from before a revocation can never acknowledge a redelivery."""
         tp = _key(tp)
         with self._lock:
             part = self._parts.get(tp)
             if part is None:
                 # The consumer starts a partition at its committed position, so that is the baseline:
                 # nothing to commit until something past it is acknowledged.
-                part = self._parts[tp] = _Partition(tp=tp, high=offset, committed=offset)
+                self._epochs += 1
+                part = self._parts[tp] = _Partition(tp=tp, epoch=self._epochs, high=offset, committed=offset)
             part.unacked.add(offset)
             part.high = max(part.high, offset + 1)
+            return part.epoch
 
-    def ack(self, tp: PartitionKey, offset: int) -> bool:
-        """The answer for `offset` is on the broker. False when it was not tracked (e.g. revoked since)."""
+    def ack(self, tp: PartitionKey, offset: int, epoch: int | None = None) -> bool:
+        """The answer for `offset` is on the broker. False when it was not tracked, or tracked under another
+        epoch (the partition was revoked since): such a late answer never moves a commit."""
         with self._lock:
             part = self._parts.get(_key(tp))
-            if part is None or offset not in part.unacked:
+            if part is None or offset not in part.unacked or (epoch is not None and epoch != part.epoch):
                 return False
             part.unacked.discard(offset)
             return True
+
+    def owns(self, tp: PartitionKey, epoch: int) -> bool:
+        """Whether `tp` is still tracked under `epoch` (work of a revoked partition is not answered)."""
+        with self._lock:
+            part = self._parts.get(_key(tp))
+            return part is not None and part.epoch == epoch
 
     def committable(self) -> dict[TopicPartition, int]:
         """Per partition, the next commit position, only where it advanced past the last `mark_committed`."""
@@ -98,12 +110,19 @@ class OffsetTracker:
         return self.pending()
 
     def revoke(self, tps: Iterable[PartitionKey]) -> None:
-        """Forget partitions lost in a rebalance; late acks for them are then ignored."""
+        """Forget partitions lost in a rebalance (only those: the others keep their state); late acks for
+        them are then ignored."""
         with self._lock:
             for tp in tps:
                 self._parts.pop(_key(tp), None)
 
-    def partitions(self) -> list[TopicPartition]:
-        """The partitions being tracked."""
+    def in_flight_records(self) -> list[tuple[TopicPartition, int]]:
+        """Every (partition, offset) taken and not acknowledged."""
         with self._lock:
-            return [p.tp for p in self._parts.values()]
+            return [(p.tp, off) for p in self._parts.values() for off in sorted(p.unacked)]
+
+    def unacked(self, tp: PartitionKey) -> list[int]:
+        """The offsets of `tp` still in flight, ascending."""
+        with self._lock:
+            part = self._parts.get(_key(tp))
+            return sorted(part.unacked) if part is not None else []

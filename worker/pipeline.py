@@ -20,6 +20,7 @@ import numpy as np
 from worker import metrics
 from worker.aggregate import aggregate
 from worker.batch import MicroBatcher
+from worker.budget import ByteBudget
 from worker.cache import VerdictCache, cache_key
 from worker.contracts import ErrorInfo, MediaData, ModelInfo, VerdictData
 from worker.decode import decode_media
@@ -28,18 +29,32 @@ from worker.faces.extract import extract_faces
 from worker.faces.factory import create_detector
 from worker.fetch import fetch_media
 from worker.infer.base import InferenceError
+from worker.retry import Backoff, Breaker, GaveUp, retry_call
 from worker.settings import WorkerSettings
 from worker.types import FaceDetector, StageTimer
 from worker.version import PIPELINE_VERSION
 
 log = logging.getLogger(__name__)
 
-#: Back-off before each retry of a failed inference request (Triton restarting, a model reloading).
-INFER_RETRY_BACKOFF_S = (0.5, 1.0, 2.0)
+class TransientFailure(Exception):
+    """This attempt failed in a way a later one may not (an origin answering 503): retry the event later."""
+
+    def __init__(self, error: MediaError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class Stopped(Exception):
+    """The pipeline was stopped while this item waited for a dependency: leave it to the next owner."""
 
 
 class MediaPipeline:
-    """Turns `MediaData` into `VerdictData`. Thread-safe: call `process` from many threads at once."""
+    """Turns `MediaData` into `VerdictData`. Thread-safe: call `process` from many threads at once.
+
+    A dependency the verdict needs (inference) being down delays the verdict: the pipeline retries with
+    capped exponential back-off for up to `retry.dependency_deadline_s` and keeps `breaker` open meanwhile
+    (the worker then takes no new work). Only after that deadline is the answer `inference_failed`.
+    """
 
     def __init__(
         self,
@@ -48,18 +63,31 @@ class MediaPipeline:
         model: ModelInfo,
         cache: VerdictCache | None = None,
         detector_factory: Callable[[], FaceDetector] | None = None,
+        breaker: Breaker | None = None,
+        budget: ByteBudget | None = None,
     ) -> None:
         self.settings = settings
         self.batcher = batcher
         self.model = model
         self.cache = cache
+        self.breaker = breaker or Breaker("inference")
+        self.budget = budget or ByteBudget(settings.max_in_flight_bytes)
         self._detector_factory = detector_factory or (lambda: create_detector(settings.faces))
         self._local = threading.local()
         self._leaders: dict[str, Future[VerdictData]] = {}
         self._leaders_lock = threading.Lock()
+        self._stop = threading.Event()
+        retry = settings.retry
+        self._backoff = Backoff(initial_s=retry.backoff_initial_s, max_s=retry.backoff_max_s)
+
+    def stop(self) -> None:
+        """Items waiting for a dependency stop waiting (`Stopped`); called on shutdown."""
+        self._stop.set()
 
     # -- public -------------------------------------------------------------------------------------
-    def process(self, data: MediaData) -> VerdictData:
+    def process(self, data: MediaData, final_attempt: bool = True) -> VerdictData:
+        """The verdict. Unless `final_attempt`, a transient per-item failure raises `TransientFailure`
+        instead (the caller retries the event later); `Stopped` when stopped while waiting."""
         timer = StageTimer()
         deadline = time.monotonic() + self.settings.media_timeout_s
         media_sha: str | None = None
@@ -68,9 +96,14 @@ class MediaPipeline:
                 blob = fetch_media(data, self.settings.fetch)
             with self._stage(timer, "hash"):
                 media_sha = hashlib.sha256(blob).hexdigest()
-            return self._process_once(blob, media_sha, data.content_type, timer, deadline)
+            with self.budget.hold(len(blob)):
+                return self._process_once(blob, media_sha, data.content_type, timer, deadline)
         except MediaError as exc:
+            if exc.transient and not final_attempt:
+                raise TransientFailure(exc) from exc
             return self._failure(exc.code, exc.message, media_sha, timer)
+        except Stopped:
+            raise
         except Exception as exc:  # a bug must cost one verdict, never the worker
             log.exception("internal error while processing media")
             return self._failure(ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", media_sha, timer)
@@ -146,22 +179,43 @@ class MediaPipeline:
         )
 
     def _infer(self, faces: np.ndarray, deadline: float) -> np.ndarray:
-        attempts = (0.0, *INFER_RETRY_BACKOFF_S)
-        last: BaseException | None = None
-        for backoff in attempts:
-            if backoff:
-                if time.monotonic() + backoff >= deadline:
-                    break
-                time.sleep(backoff)
+        """Scores of `faces`. The media time budget bounds one answer, not an outage: while inference is
+        unreachable the item waits (up to `dependency_deadline_s`), it is not answered `timeout`."""
+
+        def once() -> np.ndarray:
+            wait_s = max(1.0, deadline - time.monotonic())
             try:
-                scores = self.batcher.submit(faces).result(timeout=max(0.0, deadline - time.monotonic()))
-                return scores.fake_prob
+                scores = self.batcher.submit(faces).result(timeout=wait_s)
             except FutureTimeout as exc:
                 raise MediaError(ErrorCode.TIMEOUT, "inference did not answer within the media time budget") from exc
             except InferenceError as exc:
-                last = exc
-                log.warning("inference failed, will retry", extra={"error": str(exc)})
-        raise MediaError(ErrorCode.INFERENCE_FAILED, f"inference failed after retries: {last}")
+                if exc.retriable:
+                    self.breaker.failure()
+                raise
+            self.breaker.success()
+            return scores.fake_prob
+
+        def retried(exc: BaseException, attempt: int, delay: float) -> None:
+            metrics.INFER_RETRIES.inc()
+            log.warning("inference failed, waiting for it", extra={"error": str(exc), "attempt": attempt,
+                                                                  "retry_in_s": round(delay, 2)})
+
+        try:
+            return retry_call(
+                once,
+                retry_on=lambda exc: isinstance(exc, InferenceError) and exc.retriable,
+                backoff=self._backoff,
+                deadline_s=self.settings.retry.dependency_deadline_s,
+                on_retry=retried,
+                should_stop=self._stop.is_set,
+                sleep=self._stop.wait,
+            )
+        except GaveUp as exc:
+            if self._stop.is_set():
+                raise Stopped() from exc
+            raise MediaError(ErrorCode.INFERENCE_FAILED, f"inference failed: {exc}") from exc
+        except InferenceError as exc:
+            raise MediaError(ErrorCode.INFERENCE_FAILED, str(exc)) from exc
 
     # -- helpers ------------------------------------------------------------------------------------
     def _detector(self) -> FaceDetector:

@@ -7,6 +7,7 @@ back-off (nothing is dropped while the worker runs; if it dies, the uncommitted 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Callable
@@ -14,19 +15,25 @@ from typing import Any
 
 from kafka import KafkaProducer
 from kafka import errors as Errors
+from kafka.consumer.fetcher import ConsumerRecord
 
 from worker import metrics
 from worker.contracts import DeadLetter, Verdict
 from worker.kafka_config import connection_config
+from worker.retry import Backoff
 from worker.settings import KafkaSettings
+
+#: Headers of a record on the retry topic: which attempt comes next, and not before when (epoch ms).
+ATTEMPT_HEADER = "dfmod-attempt"
+NOT_BEFORE_HEADER = "dfmod-not-before-ms"
 
 log = logging.getLogger(__name__)
 
 
 class Publisher:
-    def __init__(self, settings: KafkaSettings, retry_backoff_s: float = 1.0) -> None:
+    def __init__(self, settings: KafkaSettings, backoff: Backoff | None = None) -> None:
         self.settings = settings
-        self.retry_backoff_s = retry_backoff_s
+        self.backoff = backoff or Backoff(initial_s=1.0, max_s=30.0)
         self._closing = threading.Event()
         self._producer = KafkaProducer(
             acks="all",
@@ -46,8 +53,23 @@ class Publisher:
         metrics.DLQ.inc()
         self._send(self.settings.dlq_topic, record.id, record.model_dump_json().encode(), on_ack)
 
+    def publish_retry(self, record: ConsumerRecord, attempt: int, not_before_ms: int,
+                      on_ack: Callable[[], None]) -> None:
+        """The record, byte for byte, to the retry topic for its `attempt`-th try after `not_before_ms`."""
+        metrics.ITEM_RETRIES.inc()
+        ours = {ATTEMPT_HEADER, NOT_BEFORE_HEADER}
+        headers = [(k, v or b"") for k, v in (record.headers or []) if k not in ours]
+        headers += [(ATTEMPT_HEADER, str(attempt).encode()), (NOT_BEFORE_HEADER, str(not_before_ms).encode())]
+        self._send_raw(self.settings.retry_topic, record.key, record.value or b"", on_ack, headers)
+
     def _send(self, topic: str, key: str, value: bytes, on_ack: Callable[[], None]) -> None:
-        future = self._producer.send(topic, key=key.encode(), value=value)
+        self._send_raw(topic, key.encode(), value, on_ack)
+
+    def _send_raw(
+        self, topic: str, key: bytes | None, value: bytes, on_ack: Callable[[], None],
+        headers: list[tuple[str, bytes]] | None = None, tries: int = 0,
+    ) -> None:
+        future = self._producer.send(topic, key=key, value=value, headers=headers or None)
 
         def ok(_meta: Any) -> None:
             on_ack()
@@ -62,8 +84,10 @@ class Publisher:
                 log.error("send failed while closing; offset stays uncommitted", extra={"key": key})
                 return
             metrics.PUBLISH_RETRIES.inc()
-            log.warning("send failed, retrying", extra={"key": key, "topic": topic, "error": repr(exc)})
-            timer = threading.Timer(self.retry_backoff_s, self._send, args=(topic, key, value, on_ack))
+            delay = next(itertools.islice(self.backoff.delays(), tries, None))
+            log.warning("send failed, retrying", extra={"key": key, "topic": topic, "error": repr(exc),
+                                                         "retry_in_s": round(delay, 2)})
+            timer = threading.Timer(delay, self._send_raw, args=(topic, key, value, on_ack, headers, tries + 1))
             timer.daemon = True
             timer.start()
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from worker.batch import MicroBatcher
 from worker.contracts import MediaData, Verdict
+from worker.engine import Engine
 from worker.infer.onnx_local import OnnxBackend
-from worker.model_config import check_preprocessing
-from worker.pipeline import MediaPipeline
 from worker.settings import WorkerSettings
 
 
@@ -20,15 +18,7 @@ def scan(paths: list[Path], model_dir: Path, settings: WorkerSettings) -> Iterat
         update={"allow_schemes": ["file"], "file_roots": sorted({p.parent for p in resolved})}
     )
     settings = settings.model_copy(update={"fetch": fetch})
-    backend = OnnxBackend(model_dir)
-    model = backend.model_info()
-    check_preprocessing(model)
-    batcher = MicroBatcher(backend, settings.batch)
-    pipeline = MediaPipeline(settings, batcher, model, cache=None)
-    try:
+    with Engine(settings, OnnxBackend(model_dir), use_cache=False, on_batch=None) as engine:
         for path in resolved:
-            data = pipeline.process(MediaData(uri=path.as_uri()))
+            data = engine.pipeline.process(MediaData(uri=path.as_uri()))
             yield Verdict(id=str(path), source="dfmod-scan", subject=data.media_sha256, data=data)
-    finally:
-        batcher.close()
-        backend.close()

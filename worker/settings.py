@@ -23,13 +23,21 @@ class KafkaSettings(BaseModel):
     events_topic: str = "media.events"
     verdicts_topic: str = "media.verdicts"
     dlq_topic: str = "media.events.dlq"
+    #: Events whose origin failed transiently wait here for their next attempt (retry-topic convention).
+    retry_topic: str = "media.events.retry"
     group_id: str = "dfmod-worker"
     client_id: str = "dfmod-worker"
+    #: Static membership (KIP-345): a stable name per pod (e.g. the StatefulSet pod name). A restarted
+    #: member with the same name takes its partitions back without a rebalance. Empty: dynamic member.
+    group_instance_id: str | None = None
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     max_poll_records: int = 32
     session_timeout_ms: int = 30_000
     max_poll_interval_ms: int = 300_000
     commit_interval_s: float = 1.0
+    #: On a revocation, how long the loop waits for the revoked partitions' in-flight work before it
+    #: commits what is done and lets them go (the rest is redone by the next owner).
+    revoke_wait_s: float = 10.0
     #: The broker's `message.max.bytes`: producers' max request size, and the cap on DLQ payloads.
     max_message_bytes: int = 1_048_576
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -115,6 +123,24 @@ class TritonSettings(BaseModel):
     ready_timeout_s: float = 120.0
 
 
+class RetrySettings(BaseModel):
+    """How transient failures are retried (worker.retry): they delay a verdict, they do not replace it."""
+
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 10.0
+    #: While a dependency the verdict needs (Triton) is down, in-flight work waits this long for it
+    #: before it is answered `error`; meanwhile the worker takes no new work.
+    dependency_deadline_s: float = 900.0
+    #: Attempts per event when its origin fails transiently (HTTP 5xx/429, connection refused), the
+    #: first included; between them the event waits on the retry topic.
+    item_attempts: int = 3
+    #: Delay before attempt 2, 3, ... (the last value repeats).
+    item_delays_s: list[float] = Field(default_factory=lambda: [10.0, 60.0])
+    #: Redeliveries of one record after which it is dead-lettered unprocessed: it was in flight each
+    #: time a worker died (crash-loop guard, worker.guard). 0 disables the guard.
+    max_deliveries: int = 3
+
+
 class CacheSettings(BaseModel):
     """Redis verdict cache. An optimisation only: Redis down means slower, never wrong or stuck."""
 
@@ -140,14 +166,19 @@ class WorkerSettings(BaseSettings):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     triton: TritonSettings = Field(default_factory=TritonSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
 
     #: Events being processed at once; above it the consumer pauses its partitions (backpressure).
     max_in_flight: int = 16
+    #: Media bytes (fetched or inline) being decoded and scored at once; a media thread waits for room
+    #: (one item larger than this runs alone). Bounds memory by size, not only by count.
+    max_in_flight_bytes: int = 256 * 1024 * 1024
     #: Threads that fetch, decode and detect (CPU-bound work in C code that releases the GIL).
     media_threads: int = 4
     #: Wall-time budget for one media item, fetch to verdict.
     media_timeout_s: float = 120.0
-    #: On SIGTERM, how long to wait for in-flight events before leaving them to the next owner.
+    #: On SIGTERM, how long to wait for in-flight events before leaving them (unanswered, uncommitted)
+    #: to the next owner. Keep it below the pod's terminationGracePeriodSeconds.
     drain_timeout_s: float = 30.0
     http_host: str = "0.0.0.0"
     http_port: int = 9100

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from worker.aggregate import aggregate, label_for
-from worker.contracts import ModelInfo, VerdictData
+from worker.contracts import ModelInfo
 from worker.types import Detection, FaceCrop
 
 MODEL = ModelInfo(name="deepfake_clip", version="1", weights="test", threshold=0.5, uncertain_band=0.0)
@@ -81,7 +81,7 @@ def test_label_for(score: float, threshold: float, band: float, expected: str) -
     assert label_for(score, threshold, band) == expected
 
 
-def test_face_results_and_verdict_fields() -> None:
+def test_face_results_and_aggregate_fields() -> None:
     crops = [crop(2), crop(5, estimated=True), crop(6, with_landmarks=False)]
     agg = aggregate(crops, np.array([0.7, 0.9, 0.8], np.float32), frames_sampled=8, model=MODEL)
     first, estimated, none = agg.faces
@@ -90,10 +90,9 @@ def test_face_results_and_verdict_fields() -> None:
     assert first.time_s == pytest.approx(0.08)
     assert first.detector_score == pytest.approx(0.9)
     assert estimated.landmarks is None and none.landmarks is None
-    verdict = VerdictData(**agg.verdict_fields(), media_sha256="0" * 64, model=MODEL)
-    assert verdict.threshold == 0.5 and verdict.frames_sampled == 8
-    assert verdict.label == "fake" and verdict.faces_count == 3
-    assert verdict.score == pytest.approx(0.8, abs=1e-6)
+    assert agg.threshold == 0.5 and agg.frames_sampled == 8
+    assert agg.label == "fake" and agg.faces_count == 3
+    assert agg.score == pytest.approx(0.8, abs=1e-6)
 
 
 @pytest.mark.parametrize("probs", [[0.5], [0.1, np.nan], [0.2, 1.5]])

@@ -39,6 +39,20 @@ parameters { key: "preprocessing_version" value { string_value: "align5-s1.3-224
 """
 
 
+def infer_now(backend: Any, faces: np.ndarray) -> Scores:
+    """One blocking request through the backend's only inference method, `infer_async`."""
+    done: Future[Scores] = Future()
+
+    def finish(scores: Scores | None, error: BaseException | None) -> None:
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(scores)  # type: ignore[arg-type]
+
+    backend.infer_async(faces, finish)
+    return done.result(timeout=30)
+
+
 def tiny_model(invert: bool = False) -> onnx.ModelProto:
     """fake_prob = mean(pixels)/255 (or 1 - that), embedding = L2-normalised per-channel means."""
     nodes = [
@@ -100,7 +114,7 @@ def test_onnx_backend_latest_version_and_parameters(model_repo: Path) -> None:
     faces = random_faces(5)
     faces[0] = 0
     faces[1] = 255
-    scores = backend.infer(faces)
+    scores = infer_now(backend, faces)
     prob, emb = expected(faces[2:])
     assert scores.fake_prob.dtype == np.float32 and scores.fake_prob.shape == (5,)
     assert scores.fake_prob[0] == pytest.approx(0.0) and scores.fake_prob[1] == pytest.approx(1.0)
@@ -113,7 +127,7 @@ def test_onnx_backend_pinned_version(model_repo: Path) -> None:
     backend = OnnxBackend(model_repo, version="2")
     assert backend.model_info().version == "2"
     faces = random_faces(3, seed=1)
-    np.testing.assert_allclose(backend.infer(faces).fake_prob, 1.0 - expected(faces)[0], atol=1e-5)
+    np.testing.assert_allclose(infer_now(backend, faces).fake_prob, 1.0 - expected(faces)[0], atol=1e-5)
     backend.close()
 
 
@@ -142,10 +156,10 @@ def test_onnx_backend_async_calls_back_from_another_thread(model_repo: Path) -> 
 def test_onnx_backend_input_checks_and_empty_batch(model_repo: Path) -> None:
     backend = OnnxBackend(model_repo)
     with pytest.raises(InferenceError):
-        backend.infer(np.zeros((1, 224, 224, 3), np.float32))
+        infer_now(backend, np.zeros((1, 224, 224, 3), np.float32))
     with pytest.raises(InferenceError):
-        backend.infer(np.zeros((224, 224, 3), np.uint8))
-    empty = backend.infer(np.zeros((0, 224, 224, 3), np.uint8))
+        infer_now(backend, np.zeros((224, 224, 3), np.uint8))
+    empty = infer_now(backend, np.zeros((0, 224, 224, 3), np.uint8))
     assert empty.fake_prob.shape == (0,) and empty.embedding.shape == (0, 3)
     backend.close()
 
@@ -332,7 +346,7 @@ def test_triton_infer_sends_the_contract_and_parses_answers(settings: TritonSett
     client = FakeTritonClient()
     backend = TritonBackend(settings, client=client)
     backend.wait_ready(timeout_s=1.0)
-    scores = backend.infer(faces_with_probs([0, 51, 255]))
+    scores = infer_now(backend, faces_with_probs([0, 51, 255]))
     np.testing.assert_allclose(scores.fake_prob, [0.0, 0.2, 1.0], atol=1e-6)
     assert scores.embedding.shape == (3, 4)
     req = client.requests[-1]
@@ -341,7 +355,7 @@ def test_triton_infer_sends_the_contract_and_parses_answers(settings: TritonSett
     assert req["outputs"] == ["fake_prob", "embedding"]
     assert req["client_timeout"] == 5.0
     client.mode = "2d"
-    np.testing.assert_allclose(backend.infer(faces_with_probs([102])).fake_prob, [0.4], atol=1e-6)
+    np.testing.assert_allclose(infer_now(backend, faces_with_probs([102])).fake_prob, [0.4], atol=1e-6)
     backend.close()
     assert client.closed
 
@@ -355,7 +369,7 @@ def test_triton_errors_become_inference_errors_in_the_callback(settings: TritonS
     scores, error = got.result(timeout=5)
     assert scores is None and isinstance(error, InferenceError)
     with pytest.raises(InferenceError):
-        backend.infer(faces_with_probs([3]))
+        infer_now(backend, faces_with_probs([3]))
     # The slot of a failed request is released: as many further requests as slots still go out.
     for _ in range(settings.max_in_flight + 1):
         done: Future[BaseException | None] = Future()

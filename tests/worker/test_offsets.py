@@ -100,7 +100,7 @@ def test_revoke_forgets_partitions_and_late_acks() -> None:
     t.ack(TP1, 0)
     assert t.committable() == {TP1: 1}
     t.mark_committed({TP0: 3})            # ignored: no longer ours
-    assert TP0 not in t.partitions()
+    assert TP0 not in t.committable()
     # Re-assigned later: starts afresh from where the consumer resumes.
     t.track(TP0, 2)
     assert t.committable() == {TP1: 1}
@@ -165,3 +165,29 @@ def test_concurrent_track_and_ack() -> None:
     for tp in parts:
         positions = [s[tp] for s in seen if tp in s]
         assert positions == sorted(positions) and len(set(positions)) == len(positions)
+
+
+def test_an_answer_from_before_a_revocation_never_acks_the_redelivery() -> None:
+    t = OffsetTracker()
+    old = t.track(TP0, 5)
+    t.revoke([TP0])
+    new = t.track(TP0, 5)                 # the same offset, delivered again after a re-assignment
+    assert new != old and not t.owns(TP0, old) and t.owns(TP0, new)
+    assert not t.ack(TP0, 5, old)         # the stale answer: ignored
+    assert t.committable() == {} and t.unacked(TP0) == [5]
+    assert t.ack(TP0, 5, new)
+    assert t.committable() == {TP0: 6}
+
+
+def test_a_retained_partition_keeps_its_state_when_another_is_revoked() -> None:
+    t = OffsetTracker()
+    for off in (5, 6, 7):
+        t.track(TP1, off)
+    t.ack(TP1, 6)
+    t.ack(TP1, 7)
+    t.revoke([TP0])
+    assert t.committable() == {}, "offset 5 is still in flight: nothing past it may be committed"
+    t.track(TP1, 8)
+    assert t.unacked(TP1) == [5, 8]
+    t.ack(TP1, 5)
+    assert t.committable() == {TP1: 8}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,46 +12,12 @@ import numpy as np
 import pytest
 
 from worker.batch import MicroBatcher
-from worker.contracts import MediaData, ModelInfo
-from worker.infer.base import InferenceError, ScoresCallback
-from worker.pipeline import MediaPipeline
+from worker.contracts import MediaData
+from worker.infer.fake import FAKE_MODEL as MODEL
+from worker.infer.fake import FakeBackend, mean_pixel
+from worker.pipeline import MediaPipeline, Stopped
+from worker.retry import Breaker
 from worker.settings import BatchSettings, WorkerSettings
-from worker.types import Scores
-
-MODEL = ModelInfo(name="deepfake_clip", version="1", weights="fake", threshold=0.5)
-
-
-class FakeBackend:
-    """fake_prob = mean pixel / 255 of each crop; can be told to fail the next N requests."""
-
-    def __init__(self, fail_next: int = 0) -> None:
-        self.fail_next = fail_next
-        self.requests = 0
-        self.lock = threading.Lock()
-
-    def model_info(self) -> ModelInfo:
-        return MODEL
-
-    def infer(self, faces: np.ndarray) -> Scores:
-        with self.lock:
-            self.requests += 1
-            if self.fail_next > 0:
-                self.fail_next -= 1
-                raise InferenceError("server unavailable")
-        prob = faces.reshape(len(faces), -1).mean(axis=1).astype(np.float32) / 255.0
-        emb = np.ones((len(faces), 4), np.float32) / 2.0
-        return Scores(fake_prob=prob, embedding=emb)
-
-    def infer_async(self, faces: np.ndarray, callback: ScoresCallback) -> None:
-        try:
-            result = self.infer(faces)
-        except InferenceError as exc:
-            callback(None, exc)
-        else:
-            callback(result, None)
-
-    def close(self) -> None:
-        pass
 
 
 class DictCache:
@@ -71,9 +38,18 @@ def settings(models_dir: Path) -> WorkerSettings:
     return s
 
 
-def make(settings: WorkerSettings, backend: FakeBackend, cache: DictCache | None = None) -> MediaPipeline:
-    batcher = MicroBatcher(backend, BatchSettings(max_size=8, max_delay_ms=2))  # type: ignore[arg-type]
-    return MediaPipeline(settings, batcher, MODEL, cache=cache)  # type: ignore[arg-type]
+def make(settings: WorkerSettings, backend: FakeBackend, cache: DictCache | None = None,
+         breaker: Breaker | None = None) -> MediaPipeline:
+    batcher = MicroBatcher(backend, BatchSettings(max_size=8, max_delay_ms=2))
+    return MediaPipeline(settings, batcher, MODEL, cache=cache, breaker=breaker)  # type: ignore[arg-type]
+
+
+def down_for(backend: FakeBackend, seconds: float) -> None:
+    """Take the backend down now and bring it back after `seconds` (an outage, in-process)."""
+    backend.down = True
+    timer = threading.Timer(seconds, lambda: setattr(backend, "down", False))
+    timer.daemon = True
+    timer.start()
 
 
 def inline(blob: bytes) -> MediaData:
@@ -98,18 +74,47 @@ def test_a_blank_image_has_no_face(settings: WorkerSettings) -> None:
     assert verdict.status == "no_face" and verdict.label is None and verdict.score is None
 
 
-def test_transient_inference_failures_are_retried(settings: WorkerSettings, astronaut_png_bytes: bytes) -> None:
-    backend = FakeBackend(fail_next=2)
-    verdict = make(settings, backend).process(inline(astronaut_png_bytes))
-    assert verdict.status == "ok" and backend.requests == 3
-
-
-def test_persistent_inference_failure_is_an_error_verdict(
+def test_an_inference_outage_delays_the_verdict_and_holds_the_breaker_open(
     settings: WorkerSettings, astronaut_png_bytes: bytes
 ) -> None:
-    verdict = make(settings, FakeBackend(fail_next=100)).process(inline(astronaut_png_bytes))
+    settings.retry.backoff_initial_s, settings.retry.backoff_max_s = 0.02, 0.1
+    backend, states = FakeBackend(), []
+    breaker = Breaker("inference", on_change=states.append)
+    down_for(backend, 0.6)
+    verdict = make(settings, backend, breaker=breaker).process(inline(astronaut_png_bytes))
+    assert verdict.status == "ok", verdict.error
+    assert backend.failures >= 3, "it retried while the backend was down"
+    assert states == [True, False] and not breaker.is_open
+
+
+def test_an_outage_past_the_deadline_is_an_error_verdict(
+    settings: WorkerSettings, astronaut_png_bytes: bytes
+) -> None:
+    settings.retry.backoff_initial_s, settings.retry.dependency_deadline_s = 0.02, 0.3
+    backend = FakeBackend()
+    backend.down = True
+    verdict = make(settings, backend).process(inline(astronaut_png_bytes))
     assert verdict.status == "error" and verdict.error is not None
     assert verdict.error.code == "inference_failed"
+
+
+def test_a_wrong_answer_is_not_retried(settings: WorkerSettings, astronaut_png_bytes: bytes) -> None:
+    backend = FakeBackend(handler=lambda faces: (mean_pixel(faces)[0][:0], mean_pixel(faces)[1]))
+    verdict = make(settings, backend).process(inline(astronaut_png_bytes))
+    assert verdict.error is not None and verdict.error.code == "inference_failed"
+    assert len(backend.batch_sizes) == 1, "a malformed answer is not a reason to wait"
+
+
+def test_stopping_releases_items_waiting_for_inference(
+    settings: WorkerSettings, astronaut_png_bytes: bytes
+) -> None:
+    settings.retry.backoff_initial_s = 0.05
+    backend = FakeBackend()
+    backend.down = True
+    pipeline = make(settings, backend)
+    threading.Timer(0.3, pipeline.stop).start()
+    with pytest.raises(Stopped):
+        pipeline.process(inline(astronaut_png_bytes))
 
 
 def test_cache_hit_skips_decoding(settings: WorkerSettings, astronaut_png_bytes: bytes) -> None:
@@ -124,18 +129,28 @@ def test_cache_hit_skips_decoding(settings: WorkerSettings, astronaut_png_bytes:
 def test_concurrent_identical_uploads_are_scored_once(
     settings: WorkerSettings, astronaut_png_bytes: bytes
 ) -> None:
-    backend = FakeBackend()
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        entered.set()
+        release.wait(10)  # hold the leader in inference while the others arrive
+        return mean_pixel(faces)
+
+    backend = FakeBackend(handler=slow)
     pipeline = make(settings, backend)
     results = []
     threads = [threading.Thread(target=lambda: results.append(pipeline.process(inline(astronaut_png_bytes))))
                for _ in range(4)]
     for t in threads:
         t.start()
+    assert entered.wait(10)
+    time.sleep(0.5)  # margin for the three followers to fetch, hash and find the leader
+    release.set()
     for t in threads:
         t.join(30)
     assert len(results) == 4 and len({r.score for r in results}) == 1
-    assert sum(not r.cached for r in results) >= 1
-    assert backend.requests == sum(not r.cached for r in results)
+    assert sorted(r.cached for r in results) == [False, True, True, True]
+    assert backend.batch_sizes == [1], "one face, sent once, for four events"
 
 
 @pytest.mark.parametrize(

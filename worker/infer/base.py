@@ -28,7 +28,15 @@ ScoresCallback = Callable[[Scores | None, BaseException | None], None]
 
 
 class InferenceError(Exception):
-    """Inference failed or the server is unreachable; maps to the `inference_failed` error code."""
+    """Inference failed or the server is unreachable; maps to the `inference_failed` error code.
+
+    `retriable` (the default) means the server may answer later (unreachable, restarting, overloaded): the
+    pipeline waits for it. False means the answer itself is wrong (bad shape, NaN): retrying cannot help.
+    """
+
+    def __init__(self, message: str, retriable: bool = True) -> None:
+        super().__init__(message)
+        self.retriable = retriable
 
 
 @runtime_checkable
@@ -37,8 +45,8 @@ class InferenceBackend(Protocol):
         """What the served model is (name, version, weights, calibrated threshold); read once at start-up."""
         ...
 
-    def infer(self, faces: np.ndarray) -> Scores:
-        """Blocking inference of a uint8 (N, 224, 224, 3) batch; raises InferenceError."""
+    def is_ready(self) -> bool:
+        """Whether the backend can answer now (for /readyz and for probing during an outage). Never raises."""
         ...
 
     def infer_async(self, faces: np.ndarray, callback: ScoresCallback) -> None:
@@ -67,17 +75,17 @@ def scores_from_outputs(fake_prob: np.ndarray | None, embedding: np.ndarray | No
     if fake_prob is None or embedding is None:
         pairs = ((OUTPUT_FAKE_PROB, fake_prob), (OUTPUT_EMBEDDING, embedding))
         missing = [name for name, arr in pairs if arr is None]
-        raise InferenceError(f"model answer lacks output(s) {missing}")
+        raise InferenceError(f"model answer lacks output(s) {missing}", retriable=False)
     prob = np.asarray(fake_prob, dtype=np.float32)
     if prob.ndim == 2 and prob.shape[1] == 1:
         prob = prob[:, 0]
     if prob.shape != (n,):
-        raise InferenceError(f"{OUTPUT_FAKE_PROB} has shape {prob.shape}, expected ({n},) or ({n}, 1)")
+        raise InferenceError(f"{OUTPUT_FAKE_PROB} has shape {prob.shape}, expected ({n},) or ({n}, 1)", retriable=False)
     if not np.all(np.isfinite(prob)):  # a NaN would otherwise become a confident-looking verdict
-        raise InferenceError(f"{OUTPUT_FAKE_PROB} contains non-finite values")
+        raise InferenceError(f"{OUTPUT_FAKE_PROB} contains non-finite values", retriable=False)
     emb = np.asarray(embedding, dtype=np.float32)
     if emb.ndim != 2 or emb.shape[0] != n:
-        raise InferenceError(f"{OUTPUT_EMBEDDING} has shape {emb.shape}, expected ({n}, D)")
+        raise InferenceError(f"{OUTPUT_EMBEDDING} has shape {emb.shape}, expected ({n}, D)", retriable=False)
     return Scores(fake_prob=np.ascontiguousarray(prob), embedding=np.ascontiguousarray(emb))
 
 
@@ -102,6 +110,6 @@ def deliver_computed(callback: ScoresCallback, compute: Callable[[], Scores], fa
         deliver(callback, None, exc)
         return
     except Exception as exc:
-        deliver(callback, None, InferenceError(f"{failure}: {exc}"))
+        deliver(callback, None, InferenceError(f"{failure}: {exc}", retriable=False))
         return
     deliver(callback, scores, None)

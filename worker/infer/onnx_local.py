@@ -88,11 +88,11 @@ class OnnxBackend:
     def is_ready(self) -> bool:
         return not self._closed
 
-    def infer(self, faces: np.ndarray) -> Scores:
+    def _infer_now(self, faces: np.ndarray) -> Scores:
         try:
             batch = check_faces(faces)
         except ValueError as exc:
-            raise InferenceError(str(exc)) from exc
+            raise InferenceError(str(exc), retriable=False) from exc
         if batch.shape[0] == 0:  # no session run: some exported graphs reject a zero batch
             return empty_scores(self._embedding_dim)
         return self._run(batch)
@@ -101,7 +101,7 @@ class OnnxBackend:
         try:
             prob, emb = self._session.run([OUTPUT_FAKE_PROB, OUTPUT_EMBEDDING], {self._input: batch})
         except Exception as exc:
-            raise InferenceError(f"onnxruntime failed: {exc}") from exc
+            raise InferenceError(f"onnxruntime failed: {exc}", retriable=False) from exc
         return scores_from_outputs(prob, emb, int(batch.shape[0]))
 
     def infer_async(self, faces: np.ndarray, callback: ScoresCallback) -> None:
@@ -110,7 +110,7 @@ class OnnxBackend:
             return
 
         try:
-            self._pool.submit(deliver_computed, callback, lambda: self.infer(faces), "onnx inference failed")
+            self._pool.submit(deliver_computed, callback, lambda: self._infer_now(faces), "onnx inference failed")
         except RuntimeError as exc:  # the pool shut down between the check and the submit
             deliver(callback, None, InferenceError(f"ONNX backend is closed: {exc}"))
 

@@ -8,10 +8,8 @@ The model's calibrated parameters are read once, at start-up, from the server's 
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import threading
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,10 +28,13 @@ from worker.infer.base import (
     scores_from_outputs,
 )
 from worker.model_config import model_info_from_parameters, parameters_from_config_json
+from worker.retry import Backoff, GaveUp, retry_call
 from worker.settings import TritonSettings
-from worker.types import Scores
 
 log = logging.getLogger(__name__)
+
+#: Polling while Triton starts: quick at first (a local server is up in seconds), then every 2 s.
+_READY_BACKOFF = Backoff(initial_s=0.25, factor=2.0, max_s=2.0, jitter=0.0)
 
 #: Deadline of the small control calls (liveness, readiness, metadata): they must never hold /readyz.
 _CONTROL_TIMEOUT_S = 2.0
@@ -118,27 +119,23 @@ class TritonBackend:
 
         Raises InferenceError on timeout, ValueError at once on malformed model parameters.
         """
-        deadline = time.monotonic() + (self.settings.ready_timeout_s if timeout_s is None else timeout_s)
-        last: BaseException | str = "not tried"
-        while True:
-            try:
-                if not self._client.is_server_live(client_timeout=_CONTROL_TIMEOUT_S):
-                    last = "server not live"
-                else:
-                    version = self.resolve_version()
-                    if self._client.is_model_ready(
-                        self.settings.model_name, version, client_timeout=_CONTROL_TIMEOUT_S
-                    ):
-                        self.model_info()
-                        return
-                    last = f"model {self.settings.model_name}/{version} not ready"
-            except ValueError:  # malformed model parameters: waiting will not fix them
-                raise
-            except Exception as exc:
-                last = exc
-            if time.monotonic() >= deadline:
-                raise InferenceError(f"Triton at {self.settings.url} not ready: {last}")
-            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        def check() -> None:
+            if not self._client.is_server_live(client_timeout=_CONTROL_TIMEOUT_S):
+                raise InferenceError("server not live")
+            version = self.resolve_version()
+            if not self._client.is_model_ready(self.settings.model_name, version, client_timeout=_CONTROL_TIMEOUT_S):
+                raise InferenceError(f"model {self.settings.model_name}/{version} not ready")
+            self.model_info()
+
+        try:
+            retry_call(
+                check,
+                retry_on=lambda exc: not isinstance(exc, ValueError),  # malformed parameters: waiting won't fix
+                backoff=_READY_BACKOFF,
+                deadline_s=self.settings.ready_timeout_s if timeout_s is None else timeout_s,
+            )
+        except GaveUp as exc:
+            raise InferenceError(f"Triton at {self.settings.url} not ready: {exc.last}") from exc
 
     def model_info(self) -> ModelInfo:
         """Name, version and calibrated parameters; fetched from the server once, then cached."""
@@ -173,28 +170,12 @@ class TritonBackend:
 
     # -- inference ------------------------------------------------------------------------------------
 
-    def infer(self, faces: np.ndarray) -> Scores:
-        done: concurrent.futures.Future[Scores] = concurrent.futures.Future()
-
-        def finish(scores: Scores | None, error: BaseException | None) -> None:
-            if error is not None:
-                done.set_exception(error)
-            else:
-                done.set_result(scores)  # type: ignore[arg-type]
-
-        self.infer_async(faces, finish)
-        wait_s = 2 * self.settings.timeout_s + 5.0  # a slot wait plus the request's own deadline
-        try:
-            return done.result(timeout=wait_s)
-        except concurrent.futures.TimeoutError as exc:
-            raise InferenceError(f"no answer from Triton within {wait_s:.0f} s") from exc
-
     def infer_async(self, faces: np.ndarray, callback: ScoresCallback) -> None:
         """Send one request; blocks only while `max_in_flight` requests are out. Errors go to `callback`."""
         try:
             batch = check_faces(faces)
         except ValueError as exc:
-            deliver(callback, None, InferenceError(str(exc)))
+            deliver(callback, None, InferenceError(str(exc), retriable=False))
             return
         if self._closed:
             deliver(callback, None, InferenceError("Triton backend is closed"))
