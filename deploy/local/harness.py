@@ -99,12 +99,14 @@ class Topics:
     verdicts: str
     dlq: str
     group: str
+    retry: str = ""
 
     @classmethod
     def fresh(cls, bootstrap: str, prefix: str = "t", partitions: int = 4) -> Topics:
         tag = f"{prefix}-{uuid.uuid4().hex[:8]}"
-        topics = cls(f"{tag}.events", f"{tag}.verdicts", f"{tag}.dlq", f"{tag}-group")
-        create_topics(bootstrap, {topics.events: partitions, topics.verdicts: partitions, topics.dlq: 1})
+        topics = cls(f"{tag}.events", f"{tag}.verdicts", f"{tag}.dlq", f"{tag}-group", f"{tag}.retry")
+        create_topics(bootstrap, {topics.events: partitions, topics.verdicts: partitions, topics.dlq: 1,
+                                  topics.retry: partitions})
         return topics
 
     def env(self) -> dict[str, str]:
@@ -113,6 +115,7 @@ class Topics:
             "DFMOD_KAFKA__VERDICTS_TOPIC": self.verdicts,
             "DFMOD_KAFKA__DLQ_TOPIC": self.dlq,
             "DFMOD_KAFKA__GROUP_ID": self.group,
+            **({"DFMOD_KAFKA__RETRY_TOPIC": self.retry} if self.retry else {}),
         }
 
 
@@ -160,6 +163,14 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait(timeout=10)
+
+    def rss_mb(self) -> float:
+        """Resident memory of the worker process now (Linux /proc), in MiB."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+        return 0.0
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -129,7 +129,8 @@ ensure_topics() {
         "127.0.0.1:$KAFKA_PORT" "${KAFKA_START_TIMEOUT:-120}" \
         "media.events:${KAFKA_EVENTS_PARTITIONS:-4}" \
         "media.verdicts:${KAFKA_VERDICTS_PARTITIONS:-4}" \
-        "media.events.dlq:1" >"$dir/topics.out" 2>&1 \
+        "media.events.dlq:1" \
+        "media.events.retry:${KAFKA_EVENTS_PARTITIONS:-4}" >"$dir/topics.out" 2>&1 \
         || die "topic creation failed:$(sed 's/^/    | /' "$dir/topics.out")$(log_tail kafka 20)"
     sed 's/^/    /' "$dir/topics.out" >&2
     touch "$dir/topics.ok"
