@@ -11,7 +11,7 @@ export DFMOD_SHARED_DIR := $(SHARED_DIR)
 export DFMOD_FACES__WEIGHTS_DIR ?= $(SHARED_DIR)/models
 PYTEST_ARGS ?=
 
-.PHONY: help setup tools schemas demo test test-unit test-integration lint stack-up stack-down stack-status bench clean
+.PHONY: help setup tools schemas demo test test-unit test-integration lint stack-up stack-down stack-status bench soak clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ stack-status:
 
 bench: setup  ## end-to-end throughput/latency table on the local stack (micro-batching vs batch size 1)
 	timeout 1800 $(BIN)/python deploy/local/bench.py
+
+soak: setup  ## mixed traffic with kill -9/restart cycles: events, verdicts, DLQ, lost, duplicates, latency, RSS
+	timeout 3600 $(BIN)/python deploy/local/soak.py $(SOAK_ARGS)
 
 clean: stack-down
 	rm -rf .stack .demo

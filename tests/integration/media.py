@@ -8,11 +8,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from harness import SHARED
+
 from worker.samples import corrupt, encode_image, load_rgb, mosaic, pan_zoom_video
 
-from .conftest import REPO
-
-ASTRONAUT = REPO.parent / "shared" / "fixtures" / "astronaut.png"
+ASTRONAUT = SHARED / "fixtures" / "astronaut.png"  # $DFMOD_SHARED_DIR, else ../shared
 
 
 def still_png() -> bytes:

@@ -1,0 +1,218 @@
+"""`make soak`: mixed traffic through a real worker with kill -9 and restart cycles; prints what was lost.
+
+Traffic: distinct stills (good), the same bytes again (repeats: cache hits), and bad input (undecodable
+media and invalid events: `rejected` verdicts; unparseable records: dead letters). It is produced in
+waves; during the first waves the worker is killed with SIGKILL mid-wave and restarted, the last worker
+then runs the rest undisturbed, and its resident memory is sampled at its start, middle and end.
+
+Counts: `lost` = answerable events without a verdict plus unparseable records without a dead letter (must
+be 0); `duplicates` = verdicts beyond the first per event id (expected after kills: at-least-once).
+Latency: event record timestamp to its first verdict record timestamp, so it includes queueing behind a
+wave and the restarts. Not a timed test: a benchmark command that prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import SHARED, Stack, Topics, WorkerProcess, export_standin, produce
+
+from worker.samples import encode_image, load_rgb
+
+
+@dataclass
+class Traffic:
+    records: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    answerable: set[str] = field(default_factory=set)   # ids that must get a verdict
+    garbage: set[bytes] = field(default_factory=set)    # raw records that must reach the DLQ
+    kinds: dict[str, int] = field(default_factory=dict)
+
+
+def _event(blob: bytes, event_id: str | None = None) -> tuple[str, bytes]:
+    event_id = event_id or str(uuid.uuid4())
+    doc = {"specversion": "1.0", "id": event_id, "source": "soak", "type": "media.submitted",
+           "data": {"inline": base64.b64encode(blob).decode()}}
+    return event_id, json.dumps(doc).encode()
+
+
+def traffic(n: int, seed: int = 0) -> Traffic:
+    """`n` records: 60 % distinct stills, 25 % repeats of earlier stills, 15 % bad input of four kinds."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rgb = load_rgb(SHARED / "fixtures" / "astronaut.png")
+    out, stills = Traffic(), []
+    for i in range(n):
+        roll = i % 20
+        if roll < 12 or not stills:
+            img = rgb.copy()
+            img[0, 0] = rng.integers(0, 256, 3, dtype=np.uint8)
+            img[-1, -1] = rng.integers(0, 256, 3, dtype=np.uint8)
+            blob = encode_image(img, fmt="jpeg", quality=85)
+            stills.append(blob)
+            kind = "good"
+        elif roll < 17:
+            blob = stills[int(rng.integers(0, len(stills)))]
+            kind = "repeat"
+        elif roll == 17:
+            blob, kind = b"\xff\xd8\xff\xe0 truncated jpeg" + bytes(64), "bad_media"
+        elif roll == 18:
+            event_id = str(uuid.uuid4())
+            out.records.append((event_id.encode(), json.dumps({"specversion": "1.0", "id": event_id,
+                                                                "source": "soak", "data": {}}).encode()))
+            out.answerable.add(event_id)
+            out.kinds["invalid_event"] = out.kinds.get("invalid_event", 0) + 1
+            continue
+        else:
+            raw = b"\x00not json " + uuid.uuid4().hex.encode()
+            out.records.append((b"garbage", raw))
+            out.garbage.add(raw)
+            out.kinds["unparseable"] = out.kinds.get("unparseable", 0) + 1
+            continue
+        event_id, value = _event(blob)
+        out.records.append((event_id.encode(), value))
+        out.answerable.add(event_id)
+        out.kinds[kind] = out.kinds.get(kind, 0) + 1
+    return out
+
+
+def _read(bootstrap: str, topic: str) -> list[tuple[int, bytes]]:
+    """(timestamp ms, value) of every record of `topic`."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), group_id=None, enable_auto_commit=False)
+    out: list[tuple[int, bytes]] = []
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            for records in consumer.poll(timeout_ms=500).values():
+                out.extend((r.timestamp, r.value) for r in records)
+    finally:
+        consumer.close()
+    return out
+
+
+def _answered(bootstrap: str, topics: Topics) -> set[str]:
+    return {json.loads(v)["id"] for _, v in _read(bootstrap, topics.verdicts)}
+
+
+def _wait_answered(bootstrap: str, topics: Topics, want: int, timeout_s: float) -> int:
+    deadline = time.monotonic() + timeout_s
+    got = 0
+    while time.monotonic() < deadline:
+        got = len(_answered(bootstrap, topics))
+        if got >= want:
+            break
+        time.sleep(1.0)
+    return got
+
+
+def run_soak(conn: dict[str, str], n_events: int, kills: int, tmp: Path, threads: int = 2,
+             timeout_s: float = 1800) -> dict[str, float]:
+    bootstrap = conn["DFMOD_KAFKA__BOOTSTRAP_SERVERS"]
+    topics = Topics.fresh(bootstrap, prefix="soak")
+    load = traffic(n_events)
+    env = {**conn, **topics.env(), "DFMOD_MEDIA_THREADS": str(threads), "DFMOD_LOG_LEVEL": "WARNING"}
+    waves = kills + 2  # one wave per killed worker, then two for the last one (its middle and end)
+    size = -(-len(load.records) // waves)
+    wave_records = [load.records[i:i + size] for i in range(0, len(load.records), size)]
+    answerable_before = 0
+    rss: dict[str, float] = {}
+    workers: list[WorkerProcess] = []
+    try:
+        for k in range(kills):
+            worker = WorkerProcess(env, tmp / f"soak-worker-{k}.log").start()
+            workers.append(worker)
+            produce(bootstrap, topics.events, wave_records[k])
+            answerable_before += sum(1 for key, _ in wave_records[k] if key != b"garbage")
+            # Kill mid-wave: after about half of it is answered, with work in flight.
+            _wait_answered(bootstrap, topics, answerable_before - len(wave_records[k]) // 2, timeout_s)
+            worker.kill()
+        last = WorkerProcess(env, tmp / "soak-worker-last.log").start()
+        workers.append(last)
+        rss["start"] = last.rss_mb()
+        for wave in wave_records[kills:]:
+            produce(bootstrap, topics.events, wave)
+            answerable_before += sum(1 for key, _ in wave if key != b"garbage")
+            _wait_answered(bootstrap, topics, answerable_before, timeout_s)
+            rss["middle" if "middle" not in rss else "end"] = last.rss_mb()
+        time.sleep(3)  # DLQ records and late duplicates
+        last.stop()
+    finally:
+        for w in workers:
+            w.kill()
+    rss.setdefault("end", rss.get("middle", 0.0))
+
+    verdicts = [(ts, json.loads(v)) for ts, v in _read(bootstrap, topics.verdicts)]
+    dlq = [json.loads(v) for _, v in _read(bootstrap, topics.dlq)]
+    sent = {json.loads(v)["id"] if not v.startswith(b"\x00") else None: ts
+            for ts, v in _read(bootstrap, topics.events)}
+    first: dict[str, int] = {}
+    for ts, v in verdicts:
+        first[v["id"]] = min(ts, first.get(v["id"], ts))
+    dlq_raw = {base64.b64decode(d["data"]["value_b64"]) for d in dlq}
+    lost = len(load.answerable - set(first)) + len(load.garbage - dlq_raw)
+    latency = sorted(first[i] - sent[i] for i in first if i in sent)
+    return {
+        "events": len(load.records),
+        "verdicts": len(first),
+        "dlq": len(dlq),
+        "lost": lost,
+        "duplicates": len(verdicts) - len(first),
+        "errors": sum(1 for _, v in verdicts if v["data"]["status"] == "error"),
+        "p50_ms": statistics.median(latency) if latency else float("nan"),
+        "p95_ms": latency[int(0.95 * (len(latency) - 1))] if latency else float("nan"),
+        "rss_start_mb": rss.get("start", 0.0),
+        "rss_middle_mb": rss.get("middle", 0.0),
+        "rss_end_mb": rss.get("end", 0.0),
+        "kills": kills,
+        **{f"kind_{k}": v for k, v in load.kinds.items()},
+    }
+
+
+def print_table(row: dict[str, float]) -> None:
+    cols = ["events", "verdicts", "dlq", "lost", "duplicates", "errors", "p50_ms", "p95_ms",
+            "rss_start_mb", "rss_middle_mb", "rss_end_mb"]
+    print(f"\nsoak: {row['kills']} kill -9 + restart cycles; traffic "
+          + ", ".join(f"{k.removeprefix('kind_')}={int(v)}" for k, v in row.items() if k.startswith("kind_")))
+    print("RSS of the last worker (after the kills) at its start, middle and end; latency: event to first verdict\n")
+    print("".join(f"{c:>14}" for c in cols))
+    print("".join(f"{row[c]:>14.0f}" if isinstance(row[c], float) else f"{row[c]:>14}" for c in cols))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="media threads of the worker")
+    parser.add_argument("--reduced", action="store_true", help="a tiny run (60 events, 1 kill) to check it works")
+    args = parser.parse_args()
+    events, kills = (60, 1) if args.reduced else (args.events, args.kills)
+    with tempfile.TemporaryDirectory(prefix="dfmod-soak-") as tmpdir:
+        tmp = Path(tmpdir)
+        export_standin(tmp / "models")
+        stack = Stack(stack_dir=tmp / "stack", model_repo=tmp / "models")
+        try:
+            row = run_soak(stack.up(), events, kills, tmp, threads=args.threads)
+        finally:
+            stack.down()
+    print_table(row)
+    return 0 if row["lost"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""The soak benchmark's reduced mode runs end to end, so `make soak` cannot rot (no timing assertions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from soak import print_table, run_soak
+
+
+def test_reduced_soak_loses_nothing(conn: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    row = run_soak(conn, n_events=40, kills=1, tmp=tmp_path)
+    print_table(row)
+    out = capsys.readouterr().out
+    assert "lost" in out and "rss_end_mb" in out
+    assert row["events"] == 40 and row["lost"] == 0
+    assert row["verdicts"] + row["dlq"] >= 40 - row["duplicates"] - 2 * 0, row
+    assert row["errors"] == 0, "kill -9 and restart must not turn into error verdicts"
