@@ -117,6 +117,14 @@ class EventConsumer:
         self.paused = paused
         metrics.PAUSED.set(1 if paused else 0)
 
+    def in_group(self) -> bool:
+        """Joined and stable in the group, even with no partition (a spare replica is ready too).
+
+        kafka-python has no public accessor and calls no listener for an empty assignment, so this reads the
+        coordinator's member state; readable from any thread (nothing blocks)."""
+        state = getattr(getattr(self._consumer, "_coordinator", None), "state", None)
+        return getattr(state, "name", "") == "STABLE" or bool(self._consumer.assignment())
+
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Synchronous commit; raises when the broker refuses (e.g. the generation moved on)."""
         if not offsets:

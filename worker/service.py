@@ -443,7 +443,7 @@ class Worker:
         )
         self.health.ready_checks["inference"] = lambda: not self.engine.breaker.is_open
         self.health.ready_checks["triton"] = backend.is_ready
-        self.health.ready_checks["kafka_assignment"] = self.loop.assigned.is_set
+        self.health.ready_checks["kafka_assignment"] = lambda: self.loop.assigned.is_set() or self.consumer.in_group()
         self.stop_requested = self.loop.stop_requested
 
     def install_signal_handlers(self) -> None:

@@ -3,7 +3,8 @@
 Traffic: distinct stills (good), the same bytes again (repeats: cache hits), and bad input (undecodable
 media and invalid events: `rejected` verdicts; unparseable records: dead letters). It is produced in
 waves; during the first waves the worker is killed with SIGKILL mid-wave and restarted, the last worker
-then runs the rest undisturbed, and its resident memory is sampled at its start, middle and end.
+then runs the rest undisturbed, and its resident memory is sampled at its start, middle and end. Every
+restart reuses one static group member name, as a Kubernetes pod restarted in place would.
 
 Counts: `lost` = answerable events without a verdict plus unparseable records without a dead letter (must
 be 0); `duplicates` = verdicts beyond the first per event id (expected after kills: at-least-once).
@@ -126,7 +127,10 @@ def run_soak(conn: dict[str, str], n_events: int, kills: int, tmp: Path, threads
     bootstrap = conn["DFMOD_KAFKA__BOOTSTRAP_SERVERS"]
     topics = Topics.fresh(bootstrap, prefix="soak")
     load = traffic(n_events)
-    env = {**conn, **topics.env(), "DFMOD_MEDIA_THREADS": str(threads), "DFMOD_LOG_LEVEL": "WARNING"}
+    env = {**conn, **topics.env(), "DFMOD_MEDIA_THREADS": str(threads), "DFMOD_LOG_LEVEL": "WARNING",
+           # Static membership: each restart takes the partitions back at once instead of waiting for the
+           # dead member's session to time out (kafka.group_instance_id).
+           "DFMOD_KAFKA__GROUP_INSTANCE_ID": f"{topics.group}-pod-0"}
     waves = kills + 2  # one wave per killed worker, then two for the last one (its middle and end)
     size = -(-len(load.records) // waves)
     wave_records = [load.records[i:i + size] for i in range(0, len(load.records), size)]
