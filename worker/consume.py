@@ -97,7 +97,7 @@ class EventConsumer:
     def poll(self, timeout_ms: int, max_records: int) -> list[ConsumerRecord]:
         """Records (none when `max_records <= 0`); always drives heartbeats and rebalances."""
         if max_records <= 0:
-            self.set_paused(True)  # a poll that must return nothing: paused partitions fetch nothing
+            self.set_paused(True, "nothing wanted")  # a poll that must return nothing: paused partitions fetch nothing
         batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max(1, max_records))
         return [record for records in batches.values() for record in records]
 
@@ -105,12 +105,12 @@ class EventConsumer:
         """What the rebalances inside the last `poll()` changed, in order (then forgotten)."""
         return self._recorder.drain()
 
-    def set_paused(self, paused: bool) -> None:
+    def set_paused(self, paused: bool, reason: str = "backpressure") -> None:
         """Fetch nothing (True) or everything assigned (False); group membership stays alive either way."""
         if paused:
             self._consumer.pause(*self._consumer.assignment())  # also covers partitions assigned since
             if not self.paused:
-                log.info("partitions paused")
+                log.info(f"{reason}: partitions paused")
         elif self.paused:
             self._consumer.resume(*self._consumer.paused())
             log.info("partitions resumed")

@@ -58,7 +58,7 @@ class Consumer(Protocol):
 
     def poll(self, timeout_ms: int, max_records: int) -> list[ConsumerRecord]: ...
     def rebalance_events(self) -> list[RebalanceEvent]: ...
-    def set_paused(self, paused: bool) -> None: ...
+    def set_paused(self, paused: bool, reason: str = "backpressure") -> None: ...
     def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
     def close(self) -> None: ...
 
@@ -128,6 +128,7 @@ class ConsumeLoop:
         self._last_commit = 0.0
         self._last_probe = 0.0
         self._wanted_pause = False
+        self._paused_for = ""
 
     # -- the loop -----------------------------------------------------------------------------------
     def run(self) -> None:
@@ -146,7 +147,8 @@ class ConsumeLoop:
     def turn(self) -> None:
         self.health.beat()
         self._probe_if_down()
-        self._set_paused(self._should_pause())
+        reason = self._pause_reason()
+        self._set_paused(reason is not None, reason or "")
         free = self.settings.max_in_flight - self.tracker.in_flight()
         records = self.consumer.poll(timeout_ms=100, max_records=0 if self.consumer.paused else free)
         self._handle_rebalances()
@@ -161,7 +163,7 @@ class ConsumeLoop:
         `error` verdict for work that was merely interrupted.
         """
         deadline = time.monotonic() + self.settings.drain_timeout_s
-        self._set_paused(True)
+        self._set_paused(True, "stopping")
         while self.tracker.in_flight() and time.monotonic() < deadline:
             self.health.beat()
             self.consumer.poll(timeout_ms=100, max_records=0)  # heartbeats; rebalances still handled
@@ -178,22 +180,24 @@ class ConsumeLoop:
         log.info("drained", extra={"left_in_flight": len(left)})
 
     # -- pausing ------------------------------------------------------------------------------------
-    def _should_pause(self) -> bool:
-        """Pause while stopping, while a dependency is down, or while in flight (count or bytes) is full."""
-        if self.stop_requested.is_set() or self.breaker.is_open:
-            return True
+    def _pause_reason(self) -> str | None:
+        """Why to take no new work now: stopping, a dependency down, or in flight (count or bytes) full."""
+        if self.stop_requested.is_set():
+            return "stopping"
+        if self.breaker.is_open:
+            return f"{self.breaker.name} down"
         count, size = self.tracker.in_flight(), self._bytes_in_flight
-        full = count >= self.settings.max_in_flight or size >= self.settings.max_in_flight_bytes
-        if full:
-            return True
-        if self.consumer.paused:  # resume at half, so the partitions do not flap
-            return count > self.settings.max_in_flight // 2 or size > self.settings.max_in_flight_bytes // 2
-        return False
+        if count >= self.settings.max_in_flight or size >= self.settings.max_in_flight_bytes:
+            return "backpressure"
+        half = count > self.settings.max_in_flight // 2 or size > self.settings.max_in_flight_bytes // 2
+        if self.consumer.paused and half:  # resume at half, so the partitions do not flap
+            return "backpressure"
+        return None
 
-    def _set_paused(self, paused: bool) -> None:
-        self._wanted_pause = paused
+    def _set_paused(self, paused: bool, reason: str = "") -> None:
+        self._wanted_pause, self._paused_for = paused, reason
         if paused or self.consumer.paused:
-            self.consumer.set_paused(paused)  # re-pausing also covers partitions assigned meanwhile
+            self.consumer.set_paused(paused, reason)  # re-pausing also covers partitions assigned meanwhile
 
     def _probe_if_down(self) -> None:
         now = time.monotonic()
@@ -208,13 +212,13 @@ class ConsumeLoop:
             parts = sorted(event.partitions)
             if event.kind == "assigned":
                 self.assigned.set()
+                if self._wanted_pause:  # new partitions start unpaused: keep taking no work
+                    self.consumer.set_paused(True, self._paused_for)
                 log.info("partitions assigned", extra={"partitions": [str(tp) for tp in parts]})
             elif event.kind == "revoked":
                 self._release(event.partitions, commit=True)
             else:
                 self._release(event.partitions, commit=False)
-        if self._wanted_pause:
-            self.consumer.set_paused(True)
 
     def _release(self, tps: frozenset[TopicPartition], commit: bool) -> None:
         """Let partitions go: wait (bounded) for their in-flight work, commit what is contiguous-acked,

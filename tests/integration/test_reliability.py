@@ -180,3 +180,56 @@ def test_sigterm_mid_batch_publishes_no_error_and_loses_nothing(
     assert set(verdicts) == ids, f"missing verdicts for {ids - set(verdicts)}"
     statuses = [v["data"]["status"] for vs in verdicts.values() for v in vs]
     assert statuses.count("error") == 0 and set(statuses) == {"ok"}, statuses
+
+
+class FlakyOrigin:
+    """/flaky.png answers 503 to its first two requests, /down.png always: transient per-item failures."""
+
+    def __init__(self, body: bytes) -> None:
+        self.hits: dict[str, int] = {}
+        origin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                n = origin.hits[self.path] = origin.hits.get(self.path, 0) + 1
+                if self.path.startswith("/down") or (self.path.startswith("/flaky") and n <= 2):
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_an_origin_503_is_retried_through_the_retry_topic_then_answered(
+    bootstrap: str, topics: Topics, start_worker: WorkerFactory
+) -> None:
+    origin = FlakyOrigin(media.still_png())
+    try:
+        start_worker(DFMOD_FETCH__ALLOW_HOSTS='["127.0.0.1"]', DFMOD_RETRY__ITEM_ATTEMPTS="3",
+                     DFMOD_RETRY__ITEM_DELAYS_S="[1.0]")
+        flaky = media.event(uri=f"http://127.0.0.1:{origin.port}/flaky.png")
+        down = media.event(uri=f"http://127.0.0.1:{origin.port}/down.png")
+        send(bootstrap, topics.events, [flaky, down])
+        verdicts = by_id(collect(bootstrap, topics.verdicts, {flaky[0], down[0]}, timeout_s=120))
+        assert [v["data"]["status"] for v in verdicts[flaky[0]]] == ["ok"], "503 twice, then answered: one verdict"
+        assert origin.hits["/flaky.png"] == 3
+        (last,) = verdicts[down[0]]
+        assert last["data"]["status"] == "error" and last["data"]["error"]["code"] == "fetch_failed"
+        assert origin.hits["/down.png"] == 3, "the configured number of attempts"
+        dlq = collect(bootstrap, topics.dlq, 1, timeout_s=30)
+        assert len(dlq) == 1 and "after 3 attempts" in dlq[0]["data"]["reason"]
+        retried = collect(bootstrap, topics.retry, 4, timeout_s=30)
+        assert len(retried) == 4, "two retry-topic records per event"
+    finally:
+        origin.server.shutdown()

@@ -44,6 +44,7 @@ class FakeConsumer:
         self.closed = False
         self.on_poll: Callable[[], None] | None = None
         self.per_poll = 1000
+        self.reasons: list[str] = []
 
     def poll(self, timeout_ms: int, max_records: int) -> list[ConsumerRecord]:
         if self.on_poll is not None:
@@ -59,8 +60,9 @@ class FakeConsumer:
         out, self.events = self.events, []
         return out
 
-    def set_paused(self, paused: bool) -> None:
+    def set_paused(self, paused: bool, reason: str = "backpressure") -> None:
         self.paused = paused
+        self.reasons.append(reason if paused else "resumed")
 
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.commits.append(dict(offsets))
@@ -232,6 +234,7 @@ def test_an_open_breaker_pauses_consumption_until_the_probe_says_the_backend_is_
     consumer.queue = [record(0)]
     loop.turn()
     assert consumer.paused and publisher.verdicts == [] and consumer.queue, "no new work while it is down"
+    assert consumer.reasons[-1] == "inference down"
     back.set()
     loop._last_probe = 0.0
     turn_until(loop, lambda: publisher.ids() == ["e0-0"])
@@ -249,6 +252,7 @@ def test_backpressure_by_bytes() -> None:
     loop.turn()
     loop.turn()
     assert consumer.paused and len(consumer.queue) == 1, "one record over the byte budget: paused"
+    assert consumer.reasons[-1] == "backpressure"
     gate.set()
     turn_until(loop, lambda: len(publisher.verdicts) == 2)
     loop.pool.shutdown()
