@@ -200,7 +200,7 @@ def print_table(row: dict[str, float]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--events", type=int, default=3000)
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="media threads of the worker")
     parser.add_argument("--reduced", action="store_true", help="a tiny run (60 events, 1 kill) to check it works")
