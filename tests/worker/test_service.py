@@ -392,3 +392,16 @@ def test_breaker_opens_once_and_closes_once() -> None:
     breaker.success()
     breaker.success()
     assert seen == [True, False]
+
+
+def test_the_rebalance_listener_only_records_and_never_calls_the_consumer() -> None:
+    from worker.consume import _Recorder
+
+    recorder = _Recorder()
+    recorder.on_partitions_assigned({TP0, TP1})
+    recorder.on_partitions_revoked({TP1})
+    recorder.on_partitions_revoked(set())  # nothing changed: nothing recorded
+    recorder.on_partitions_lost({TP0})
+    assert [(e.kind, set(e.partitions)) for e in recorder.drain()] == [
+        ("assigned", {TP0, TP1}), ("revoked", {TP1}), ("lost", {TP0})]
+    assert recorder.drain() == []
