@@ -354,8 +354,12 @@ class ConsumeLoop:
             delay = delays[min(attempt - 1, len(delays) - 1)]
             log.info("transient failure, retrying later", extra={**ctx, "attempt": attempt,
                                                                   "retry_in_s": delay, "error": str(exc)})
-            self.publisher.publish_retry(record, attempt + 1, int((time.time() + delay) * 1000), acked)
-            return
+            try:
+                self.publisher.publish_retry(record, attempt + 1, int((time.time() + delay) * 1000), acked)
+                return
+            except Exception:  # e.g. no retry topic: answer now rather than leave the partition stuck
+                log.exception("could not park the event on the retry topic; answering now", extra=ctx)
+                data = failure_verdict(exc.error.code, exc.error.message, self.model)  # type: ignore[arg-type]
         except BaseException as exc:  # a bug outside the pipeline's guard
             data = failure_verdict(ErrorCode.INTERNAL_ERROR, repr(exc), self.model)  # type: ignore[arg-type]
         if attempt > 1 and data.status == "error":

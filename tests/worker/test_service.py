@@ -405,3 +405,23 @@ def test_the_rebalance_listener_only_records_and_never_calls_the_consumer() -> N
     assert [(e.kind, set(e.partitions)) for e in recorder.drain()] == [
         ("assigned", {TP0, TP1}), ("revoked", {TP1}), ("lost", {TP0})]
     assert recorder.drain() == []
+
+
+def test_without_a_retry_topic_a_transient_failure_is_answered_at_once() -> None:
+    loop, consumer, publisher, pipeline = make()
+
+    def no_topic(*_args: object) -> None:
+        raise RuntimeError("KafkaTimeoutError: topic media.events.retry not in metadata")
+
+    publisher.publish_retry = no_topic  # type: ignore[method-assign,assignment]
+
+    def origin_503(final: bool) -> VerdictData:
+        raise TransientFailure(MediaError(ErrorCode.FETCH_FAILED, "HTTP 503", transient=True))
+
+    pipeline.script[uri(0, 0)] = origin_503
+    consumer.queue = [record(0)]
+    turn_until(loop, lambda: consumer.committed(TP0) == 1)
+    (verdict,) = publisher.verdicts
+    assert verdict.data.status == "error" and verdict.data.error is not None
+    assert verdict.data.error.code == "fetch_failed"
+    loop.pool.shutdown()
