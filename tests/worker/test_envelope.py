@@ -247,3 +247,22 @@ def test_a_verdict_that_cannot_be_utf8_still_serialises() -> None:
     value = verdict_value(forged)
     value.decode("ascii")
     assert json.loads(value)["id"] == "e1"
+
+
+@pytest.mark.parametrize("mode", ["structured", "binary"])
+@pytest.mark.parametrize("source", ["inline", "uri"])
+def test_what_dfmod_produce_writes_the_worker_reads(mode: str, source: str) -> None:
+    from worker.contracts import MediaData
+    from worker.produce import inline_event, new_event, to_record
+
+    png = b"\x89PNG\r\n\x1a\n" + bytes(64)
+    event = (inline_event(png, "tests", "image/png") if source == "inline"
+             else new_event(MediaData(uri="https://cdn.example/a.png", content_type="image/png"), "tests"))
+    value, headers = to_record(event, mode)  # type: ignore[arg-type]
+    assert content_mode(headers) == mode
+    parsed = parse_event(value, headers)
+    assert isinstance(parsed, MediaEvent), parsed
+    assert (parsed.id, parsed.source, parsed.data.uri, parsed.data.inline) == (
+        event.id, "tests", event.data.uri, event.data.inline)
+    if mode == "binary" and source == "inline":
+        assert value == png  # the media itself is the value
