@@ -6,6 +6,9 @@ Nothing in a record may crash the worker, so every step here is bounded and tota
 - depth: JSON is parsed by pydantic-core (jiter, Rust, no Python recursion), which refuses nesting deeper
   than its recursion limit (~200) with a ValueError; the stdlib `json.loads` (recursive, RecursionError on
   100,000 nested arrays) is never used on record bytes;
+- shape: at most `MAX_JSON_CONTAINERS` objects/arrays and `MAX_JSON_ITEMS` commas, counted with
+  `bytes.count` before parsing (base64 has neither, so inline media costs nothing): 16 MiB of `{},` would
+  otherwise become 5.6 million Python dicts (564 MB of RSS for one record);
 - text: the id must be printable text of at most 512 characters (`contracts.EventId`: no control
   characters, no lone surrogates), because it becomes the verdict's Kafka key and JSON;
 - every function returns a value (an event, a reason, None); exceptions never leave them.
@@ -36,6 +39,7 @@ import pydantic_core
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
+from dateutil.parser import isoparse
 from kafka.consumer.fetcher import ConsumerRecord
 from pydantic import TypeAdapter, ValidationError
 
@@ -44,6 +48,9 @@ from worker.contracts import DeadLetter, DeadLetterData, EventId, MediaData, Med
 #: Largest record value parsed as an event: inline media up to FetchSettings.max_inline_bytes (8 MiB)
 #: is ~10.7 MiB of base64. Larger records are dead-lettered unparsed.
 MAX_EVENT_BYTES = 16 * 1024 * 1024
+#: JSON objects + arrays, and commas, allowed in one event: a real event has a few dozen of each.
+MAX_JSON_CONTAINERS = 10_000
+MAX_JSON_ITEMS = 100_000
 #: Headers read from one record, and the size of each (CloudEvents attributes are short strings).
 MAX_HEADERS = 64
 MAX_HEADER_BYTES = 4096
@@ -71,6 +78,7 @@ class _BoundedJSONFormat(JSONFormat):
         if not body:
             return None
         if _JSON_TYPE.match(datacontenttype or self.DEFAULT_CONTENT_TYPE):
+            check_json_shape(body)
             try:
                 parsed: dict[str, Any] = pydantic_core.from_json(body)
             except ValueError as exc:
@@ -80,6 +88,16 @@ class _BoundedJSONFormat(JSONFormat):
 
 
 _FORMAT = _BoundedJSONFormat()
+
+
+def check_json_shape(value: bytes) -> None:
+    """Raise ValueError when `value` holds more JSON containers or items than an event ever needs."""
+    containers = value.count(b"{") + value.count(b"[")
+    if containers > MAX_JSON_CONTAINERS:
+        raise ValueError(f"JSON with {containers} objects/arrays, at most {MAX_JSON_CONTAINERS} are parsed")
+    items = value.count(b",")
+    if items > MAX_JSON_ITEMS:
+        raise ValueError(f"JSON with {items} items, at most {MAX_JSON_ITEMS} are parsed")
 
 
 def content_mode(headers: Headers) -> ContentMode:
@@ -96,9 +114,12 @@ def parse_event(value: bytes | None, headers: Headers = None, max_bytes: int = M
             return "empty record (tombstone)"
         if len(value) > max_bytes:
             return f"record of {len(value)} bytes is above the {max_bytes}-byte event limit"
+        check_json_shape(value)
         return MediaEvent.model_validate_json(value)
     except ValidationError as exc:
         return _reason(exc)
+    except ValueError as exc:
+        return printable(f"invalid event: {exc}")
     except Exception as exc:  # anything else a hostile record can provoke is a reason too
         return printable(f"unreadable event: {type(exc).__name__}: {exc}")
 
@@ -112,6 +133,7 @@ def salvage_id(value: bytes | None, headers: Headers = None, max_bytes: int = MA
         else:
             if not value or len(value) > max_bytes:
                 return None
+            check_json_shape(value)
             doc = pydantic_core.from_json(value)
             candidate = doc.get("id") if isinstance(doc, dict) else None
         return _EVENT_ID.validate_python(candidate, strict=True) if isinstance(candidate, str) else None
@@ -211,6 +233,11 @@ def _parse_binary(value: bytes, headers: Sequence[tuple[str, bytes | None]], max
     for required in ("ce_id", "ce_source", "ce_type", "ce_specversion"):
         if required not in named:  # the SDK would invent an id (uuid4): we could not answer the producer
             return f"binary-mode event without its {required} header"
+    if "ce_time" in named:
+        try:
+            isoparse(named["ce_time"].decode("utf-8"))  # the parser the SDK uses, for a clearer reason
+        except ValueError:
+            return "binary-mode ce_time header is not an RFC 3339 timestamp"
     # key=None: the SDK would decode the Kafka key as UTF-8 into a `partitionkey` we do not use.
     event = ce_kafka.from_binary(ce_kafka.KafkaMessage(headers=named, key=None, value=value), _FORMAT, CloudEvent)
     attributes: dict[str, Any] = dict(event.get_attributes())

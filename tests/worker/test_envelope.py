@@ -15,6 +15,8 @@ from kafka.consumer.fetcher import ConsumerRecord
 from worker.contracts import MediaEvent, Verdict, VerdictData
 from worker.envelope import (
     MAX_HEADERS,
+    MAX_JSON_CONTAINERS,
+    MAX_JSON_ITEMS,
     content_mode,
     dead_letter,
     dead_letter_value,
@@ -75,11 +77,13 @@ def test_unusable_events_give_a_reason(value: bytes | None) -> None:
     assert isinstance(reason, str) and reason and reason.isprintable()
 
 
-def test_json_nested_100000_deep_is_a_reason_not_a_recursion_error(low_recursion_limit: None) -> None:
-    deep = b'{"specversion": "1.0", "id": "d1", "source": "s", "data": {"metadata": {"x": ' + nested(100_000) + b"}}}"
-    for value in (nested(100_000), deep, b'{"a":' * 100_000):
+@pytest.mark.parametrize("depth", [100_000, 5_000])  # refused by the shape count / by the parser's depth limit
+def test_deeply_nested_json_is_a_reason_not_a_recursion_error(depth: int, low_recursion_limit: None) -> None:
+    deep = b'{"specversion": "1.0", "id": "d1", "source": "s", "data": {"metadata": {"x": ' + nested(depth) + b"}}}"
+    for value in (nested(depth), deep, b'{"a":' * depth):
         reason = parse_event(value)
-        assert isinstance(reason, str) and "recursion limit" in reason
+        assert isinstance(reason, str)
+        assert ("recursion limit" if depth < MAX_JSON_CONTAINERS else "objects/arrays, at most") in reason
         assert salvage_id(value) is None  # unparseable: nobody to answer, the record goes to the DLQ
 
 
@@ -89,6 +93,22 @@ def test_a_record_above_the_size_limit_is_refused_before_parsing() -> None:
     assert isinstance(reason, str) and "above the 1000-byte event limit" in reason
     assert salvage_id(huge, max_bytes=1000) is None
     assert isinstance(parse_event(huge, max_bytes=len(huge)), MediaEvent)  # the limit, not the content
+
+
+@pytest.mark.parametrize("filler", [b"{},", b"[],", b"0,"])
+def test_json_too_wide_to_hold_in_memory_is_refused_before_parsing(filler: bytes) -> None:
+    # 16 MiB of `{},` would become 5.6 million dicts (564 MB); the shape is counted on the bytes first
+    many = filler * (MAX_JSON_ITEMS + 1)
+    value = b'{"specversion": "1.0", "id": "w1", "source": "s", "data": {"uri": "https://a/b", "metadata": {"m": ['
+    value += many + b"0]}}}"
+    reason = parse_event(value)
+    assert isinstance(reason, str) and "at most" in reason
+    assert salvage_id(value) is None
+    binary = parse_event(b"[" + many + b"0]", [*CE_HEADERS, ("content-type", b"application/json")])
+    assert isinstance(binary, str) and "at most" in binary
+    # the media itself in binary mode is bytes, not JSON: any number of commas and brackets is fine
+    media = parse_event(b"\x89PNG" + many, [*CE_HEADERS, ("content-type", b"image/png")])
+    assert isinstance(media, MediaEvent)
 
 
 def test_a_huge_value_inside_the_limit_parses() -> None:
@@ -154,11 +174,12 @@ def test_binary_mode_headers_are_case_insensitive_and_content_type_is_optional()
         ([h for h in CE_HEADERS if h[0] != "ce_id"], b'{"uri": "https://a/b"}', "ce_id"),
         ([h for h in CE_HEADERS if h[0] != "ce_source"], b'{"uri": "https://a/b"}', "ce_source"),
         ([*CE_HEADERS, ("ce_id", b"b2")], b'{"uri": "https://a/b"}', "twice"),
-        ([*CE_HEADERS, ("ce_time", b"not a time")], b'{"uri": "https://a/b"}', "ValueError"),
+        ([*CE_HEADERS, ("ce_time", b"not a time")], b'{"uri": "https://a/b"}', "RFC 3339"),
         ([*CE_HEADERS, ("ce_Bad-Name", b"1")], b'{"uri": "https://a/b"}', "bad-name"),
         ([("ce_specversion", b"0.3"), *CE_HEADERS[1:]], b'{"uri": "https://a/b"}', "specversion"),
         ([*CE_HEADERS, ("content-type", b"application/json")], b"{not json", "JSON"),
-        ([*CE_HEADERS, ("content-type", b"application/json")], nested(100_000), "recursion limit"),
+        ([*CE_HEADERS, ("content-type", b"application/json")], nested(100_000), "at most 10000"),
+        ([*CE_HEADERS, ("content-type", b"application/json")], nested(5_000), "recursion limit"),
         ([*CE_HEADERS, ("content-type", b"application/pdf")], b"%PDF-1.4", "application/pdf"),
         ([*CE_HEADERS, ("content-type", b"application/json")], b"", "without data"),
         ([*CE_HEADERS, ("ce_subject", b"x" * 5000)], b'{"uri": "https://a/b"}', "4096"),
