@@ -13,7 +13,9 @@ Nothing in a record may crash the worker, so every step here is bounded and tota
   characters, no lone surrogates), because it becomes the verdict's Kafka key and JSON;
 - every function returns a value (an event, a reason, None); exceptions never leave them.
 
-Both CloudEvents content modes of the Kafka protocol binding are accepted:
+Both CloudEvents content modes of the Kafka protocol binding are accepted, told apart by its rule
+(`content_mode`: a `content-type: application/cloudevents...` header means structured, else a `ce_*` header
+means binary, else structured):
 
 - structured: the whole event is the JSON value (`content-type: application/cloudevents+json`, or no
   header at all, as `dfmod produce` and most producers send it);
@@ -101,8 +103,15 @@ def check_json_shape(value: bytes) -> None:
 
 
 def content_mode(headers: Headers) -> ContentMode:
-    """Binary when any header starts with `ce_` (the Kafka binding's rule), else structured."""
-    return "binary" if any(k.lower().startswith("ce_") for k, _ in headers or ()) else "structured"
+    """The Kafka binding's rule: structured when `content-type` is `application/cloudevents...`, else
+    binary when a `ce_` header is present, else structured (producers that send no headers at all)."""
+    binary = False
+    for key, value in headers or ():
+        name = key.lower()
+        if name == "content-type" and (value or b"").lower().startswith(b"application/cloudevents"):
+            return "structured"
+        binary = binary or name.startswith("ce_")
+    return "binary" if binary else "structured"
 
 
 def parse_event(value: bytes | None, headers: Headers = None, max_bytes: int = MAX_EVENT_BYTES) -> MediaEvent | str:

@@ -162,6 +162,15 @@ def test_binary_mode_with_the_media_itself_as_data() -> None:
     assert parsed.data.content_type == "image/png"
 
 
+def test_the_content_type_header_decides_the_mode_before_stray_ce_headers() -> None:
+    structured: Headers = [("ce_id", b"stray"), ("Content-Type", b"application/cloudevents+json; charset=utf-8")]
+    assert content_mode(structured) == "structured"
+    parsed = parse_event(event_json(uri="https://a/b.png"), structured)
+    assert isinstance(parsed, MediaEvent) and parsed.id == "e1"
+    assert content_mode([("ce_id", b"x"), ("content-type", b"application/json")]) == "binary"
+    assert content_mode([("traceparent", b"00-1-2-01")]) == content_mode(None) == "structured"
+
+
 def test_binary_mode_headers_are_case_insensitive_and_content_type_is_optional() -> None:
     headers: Headers = [(k.upper(), v) for k, v in CE_HEADERS]
     parsed = parse_event(b'{"uri": "https://a/b.png"}', headers)
