@@ -11,7 +11,8 @@ Nothing in a record may crash the worker, so every step here is bounded and tota
   otherwise become 5.6 million Python dicts (564 MB of RSS for one record);
 - text: the id must be printable text of at most 512 characters (`contracts.EventId`: no control
   characters, no lone surrogates), because it becomes the verdict's Kafka key and JSON;
-- every function returns a value (an event, a reason, None); exceptions never leave them.
+- `parse_event`, `salvage_id` and `dead_letter_value` return a value (an event, a reason, None, bytes);
+  exceptions never leave them.
 
 Both CloudEvents content modes of the Kafka protocol binding are accepted, told apart by its rule
 (`content_mode`: a `content-type: application/cloudevents...` header means structured, else a `ce_*` header
