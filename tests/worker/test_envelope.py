@@ -296,3 +296,17 @@ def test_what_dfmod_produce_writes_the_worker_reads(mode: str, source: str) -> N
         event.id, "tests", event.data.uri, event.data.inline)
     if mode == "binary" and source == "inline":
         assert value == png  # the media itself is the value
+
+
+def test_a_dead_letter_that_cannot_serialise_falls_back_to_the_raw_record() -> None:
+    from worker.contracts import DeadLetter, DeadLetterData
+
+    broken = DeadLetter(data=DeadLetterData.model_construct(
+        reason="lone \ud800", code="unparseable_event", topic="media.events", partition=1, offset=7,
+        timestamp_ms=None, key_b64=None, value_b64=base64.b64encode(b"raw").decode(), value_size=3,
+        value_truncated=False, headers={"h": "AA=="},  # forged past validation: the record cannot be UTF-8
+    ))
+    doc = json.loads(dead_letter_value(broken, 1_048_576))
+    assert "headers" not in doc["data"] and base64.b64decode(doc["data"]["value_b64"]) == b"raw"
+    assert doc["data"]["reason"] == "lone \\ud800"
+    assert (doc["data"]["partition"], doc["data"]["offset"]) == (1, 7)
