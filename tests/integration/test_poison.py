@@ -24,6 +24,9 @@ from .conftest import WorkerFactory
 
 Headers = list[tuple[str, bytes]]
 STRUCTURED = ("content-type", b"application/cloudevents+json")
+#: The session's Redis is shared: these tests send the plain portrait, whose verdict must not be cached for
+#: tests that expect to score it themselves (test_worker_e2e.py).
+NO_CACHE = {"DFMOD_CACHE__ENABLED": "false"}
 
 
 def send(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes, Headers]]) -> None:
@@ -77,7 +80,7 @@ def alive(worker: WorkerProcess) -> bool:
 def test_poison_records_land_in_the_dlq_and_the_worker_answers_the_next_event(
     bootstrap: str, topics: Topics, start_worker: WorkerFactory, astronaut_png_bytes: bytes
 ) -> None:
-    worker = start_worker()
+    worker = start_worker(**NO_CACHE)
     pid = worker.proc.pid if worker.proc else -1
     deep = (b'{"specversion": "1.0", "id": "deep", "source": "tests", "data": {"metadata": {"x": '
             + b"[" * 100_000 + b"]" * 100_000 + b"}}}")
@@ -107,7 +110,7 @@ def test_poison_records_land_in_the_dlq_and_the_worker_answers_the_next_event(
 def test_a_pixel_bomb_is_refused_as_too_large_without_the_memory(
     bootstrap: str, topics: Topics, start_worker: WorkerFactory, astronaut_png_bytes: bytes
 ) -> None:
-    worker = start_worker()
+    worker = start_worker(**NO_CACHE)
     assert worker.proc is not None
     warm = media.event(astronaut_png_bytes)  # the first event pays the lazy start-up (detector, connections)
     produce(bootstrap, topics.events, [warm[1:]])
@@ -129,7 +132,7 @@ def test_a_pixel_bomb_is_refused_as_too_large_without_the_memory(
 def test_a_binary_mode_cloudevent_gets_a_structured_verdict_with_its_content_type(
     bootstrap: str, topics: Topics, start_worker: WorkerFactory, astronaut_png_bytes: bytes
 ) -> None:
-    start_worker()
+    start_worker(**NO_CACHE)
     # As a producer using the official SDK's Kafka binding writes them: the media itself, and JSON data.
     raw_id, json_id = f"bin-raw-{uuid.uuid4()}", f"bin-json-{uuid.uuid4()}"
     raw = ce_kafka.to_binary(CloudEvent({"id": raw_id, "source": "tests", "type": "media.submitted",
@@ -155,7 +158,7 @@ def test_a_binary_mode_cloudevent_gets_a_structured_verdict_with_its_content_typ
 def test_every_face_of_a_16_face_group_photo_is_scored(
     bootstrap: str, topics: Topics, start_worker: WorkerFactory, astronaut_rgb: RGBImage
 ) -> None:
-    start_worker()
+    start_worker(**NO_CACHE)
     group = encode_image(mosaic(astronaut_rgb, 16), fmt="png")  # 4x4 portraits, faces of ~23 px
     event_id, key, value = media.event(group, content_type="image/png")
     produce(bootstrap, topics.events, [(key, value)])
