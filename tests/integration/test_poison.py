@@ -160,9 +160,13 @@ def test_every_face_of_a_16_face_group_photo_is_scored(
 ) -> None:
     start_worker(**NO_CACHE)
     group = encode_image(mosaic(astronaut_rgb, 16), fmt="png")  # 4x4 portraits, faces of ~23 px
-    event_id, key, value = media.event(group, content_type="image/png")
-    produce(bootstrap, topics.events, [(key, value)])
-    data = verdict_of(bootstrap, topics, event_id)
+    crowd = encode_image(mosaic(astronaut_rgb, 36), fmt="png")  # 6x6 portraits, faces of ~14 px
+    sent = [media.event(group, content_type="image/png"), media.event(crowd, content_type="image/png")]
+    produce(bootstrap, topics.events, [s[1:] for s in sent])
+    data = verdict_of(bootstrap, topics, sent[0][0])
     assert data["status"] == "ok", data
     assert data["faces_count"] == 16 and len(data["faces"]) == 16 and data["faces_dropped"] == 0
     assert data["frames_with_faces"] == 1
+    # above the default cap of 32 per frame the verdict says how many faces were not scored
+    data = verdict_of(bootstrap, topics, sent[1][0])
+    assert data["faces_count"] == 32 and data["faces_dropped"] == 4, data
