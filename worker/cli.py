@@ -37,7 +37,7 @@ def _produce(args: argparse.Namespace) -> int:
 
     settings = WorkerSettings()
     events = [event_for_file(Path(p), args.mode, settings.fetch.max_inline_bytes, args.source) for p in args.paths]
-    produce_events(settings.kafka, events)
+    produce_events(settings.kafka, events, content_mode=args.content_mode)
     for path, event in zip(args.paths, events, strict=True):
         print(json.dumps({"id": event.id, "path": str(path)}), flush=True)
     return 0
@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["auto", "inline", "uri"], default="auto",
                    help="inline base64, a file:// URI (the worker must allow it), or inline when small (default)")
     p.add_argument("--source", default="dfmod-produce")
+    p.add_argument("--content-mode", choices=["structured", "binary"], default="structured",
+                   help="CloudEvents content mode: the event as JSON (default), or ce_* headers + the media/data")
     p.set_defaults(func=_produce)
 
     p = sub.add_parser("verdicts", help="follow the verdict topic")

@@ -1,20 +1,59 @@
 """The wire contracts of DESIGN.md section 2: media events in, verdicts and DLQ records out.
 
-Both are CloudEvents 1.0 in structured JSON mode; the Kafka key is the event id.
+Verdicts and DLQ records are CloudEvents 1.0 in structured JSON mode; the Kafka key is the event id. Events
+arrive in either content mode (`worker.envelope` reads both). Every string the worker may echo (the event id
+as Kafka key and verdict id, error messages that quote the input) is printable text of bounded length, so a
+verdict can always be serialised: a lone UTF-16 surrogate or a control character never gets that far.
 """
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from worker.errors import ErrorCode
 
 Status = Literal["ok", "no_face", "rejected", "error"]
 Label = Literal["fake", "real", "uncertain"]
+
+
+#: Longest event id (characters) the worker answers to; it becomes the verdict's Kafka key.
+MAX_ID_CHARS = 512
+#: Longest `source`, `type` or `content_type` accepted (they are quoted in logs and error messages).
+MAX_ATTRIBUTE_CHARS = 2048
+
+
+def _printable(value: str) -> str:
+    """Refuse control characters, lone surrogates and other unprintable code points (`str.isprintable`)."""
+    if not value.isprintable():
+        raise ValueError("must be printable text: no control characters or lone surrogates")
+    return value
+
+
+#: An event id: printable, 1..512 characters. Safe as a Kafka key and inside any JSON the worker writes.
+EventId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS), AfterValidator(_printable)]
+#: A short printable attribute (source, type, content type).
+Attribute = Annotated[str, Field(min_length=1, max_length=MAX_ATTRIBUTE_CHARS), AfterValidator(_printable)]
+
+
+def printable(text: str, limit: int = 500) -> str:
+    """`text` cut to `limit` characters with unprintable code points escaped (`\\x07`, `\\ud800`)."""
+    text = text[:limit]
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def now_iso() -> str:
@@ -28,7 +67,7 @@ class MediaData(BaseModel):
 
     uri: str | None = None
     inline: str | None = None
-    content_type: str | None = None
+    content_type: Attribute | None = None
     sha256: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
@@ -45,9 +84,9 @@ class MediaEvent(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     specversion: Literal["1.0"] = "1.0"
-    id: str = Field(min_length=1, max_length=512)
-    source: str = Field(min_length=1)
-    type: str = "media.submitted"
+    id: EventId
+    source: Attribute
+    type: Attribute = "media.submitted"
     time: str | None = None
     datacontenttype: str = "application/json"
     data: MediaData
@@ -56,6 +95,12 @@ class MediaEvent(BaseModel):
 class ErrorInfo(BaseModel):
     code: ErrorCode
     message: str
+
+    @field_validator("message")
+    @classmethod
+    def _serialisable(cls, message: str) -> str:
+        """Messages quote the input (a declared content type, a URI): keep them printable and short."""
+        return printable(message)
 
 
 class FaceResult(BaseModel):
@@ -87,6 +132,9 @@ class VerdictData(BaseModel):
     frames_sampled: int = 0
     frames_with_faces: int = 0
     faces_count: int = 0
+    #: Faces found but not scored because of the caps (FaceSettings.max_faces_per_frame/_per_media);
+    #: the smallest are dropped first. 0 means every detected face was scored.
+    faces_dropped: int = 0
     faces: list[FaceResult] = Field(default_factory=list)
     media_sha256: str | None = None
     model: ModelInfo | None = None
@@ -100,13 +148,21 @@ class Verdict(BaseModel):
     """A `media.verdict` CloudEvent: the same `id` as the event it answers."""
 
     specversion: Literal["1.0"] = "1.0"
-    id: str
+    id: EventId
     source: str = "dfmod-worker"
     type: Literal["media.verdict"] = "media.verdict"
     time: str = Field(default_factory=now_iso)
     datacontenttype: str = "application/json"
     subject: str | None = None
     data: VerdictData
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_subject(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """An absent optional attribute is left out, not null: CloudEvents SDKs refuse `"subject": null`."""
+        doc: dict[str, Any] = handler(self)
+        if doc.get("subject", "") is None:
+            del doc["subject"]
+        return doc
 
 
 class DeadLetter(BaseModel):

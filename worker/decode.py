@@ -31,6 +31,7 @@ import av.video
 import numpy as np
 
 from worker.errors import ErrorCode, MediaError
+from worker.probe import check_image_header
 from worker.sampling import even_indices, even_times
 from worker.settings import DecodeSettings
 from worker.types import DecodedMedia, Frame, RGBImage
@@ -100,6 +101,7 @@ def decode_media(blob: bytes, settings: DecodeSettings, content_type: str | None
     """
     if not blob:
         raise MediaError(ErrorCode.EMPTY_MEDIA, "the media has zero bytes")
+    check_image_header(blob, settings.max_pixels)  # before av.open, whose probe decodes a still's picture
     deadline = time.monotonic() + settings.timeout_s
     container = _open(blob, settings, content_type)
     try:

@@ -25,7 +25,7 @@ from worker.cache import VerdictCache, cache_key
 from worker.contracts import ErrorInfo, MediaData, ModelInfo, VerdictData
 from worker.decode import decode_media
 from worker.errors import ErrorCode, MediaError, status_for
-from worker.faces.extract import extract_faces
+from worker.faces.extract import extract_faces_counted
 from worker.faces.factory import create_detector
 from worker.fetch import fetch_media
 from worker.infer.base import InferenceError
@@ -153,7 +153,8 @@ class MediaPipeline:
             media = decode_media(blob, self.settings.decode, content_type)
         self._check_deadline(deadline, "decode")
         with self._stage(timer, "faces"):
-            crops = extract_faces(media.frames, self._detector(), self.settings.faces)
+            extracted = extract_faces_counted(media.frames, self._detector(), self.settings.faces)
+            crops = extracted.crops
         self._check_deadline(deadline, "faces")
         fake_prob = np.zeros((0,), dtype=np.float32)
         if crops:
@@ -170,6 +171,7 @@ class MediaPipeline:
             frames_sampled=len(media.frames),
             frames_with_faces=agg.frames_with_faces,
             faces_count=agg.faces_count,
+            faces_dropped=extracted.dropped,
             faces=agg.faces,
             media_sha256=media_sha,
             model=self.model,

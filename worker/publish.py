@@ -3,11 +3,15 @@
 Sends use acks=all and idempotence; the callback fires only after the broker has the record, and only
 then may its offset be committed. A send that fails after the producer's own retries is sent again after a
 back-off (nothing is dropped while the worker runs; if it dies, the uncommitted offset brings the event back).
+Both are CloudEvents in structured mode and say so in a `content-type: application/cloudevents+json` header
+(the Kafka protocol binding's rule), so consumers using a CloudEvents SDK need not guess the mode. A DLQ
+record always fits the topic and always serialises (`worker.envelope.dead_letter_value`).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -19,6 +23,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 
 from worker import metrics
 from worker.contracts import DeadLetter, Verdict
+from worker.envelope import STRUCTURED_CONTENT_TYPE, dead_letter_value
 from worker.kafka_config import connection_config
 from worker.retry import Backoff
 from worker.settings import KafkaSettings
@@ -28,6 +33,18 @@ ATTEMPT_HEADER = "dfmod-attempt"
 NOT_BEFORE_HEADER = "dfmod-not-before-ms"
 
 log = logging.getLogger(__name__)
+
+#: Kafka headers of every record the worker writes (CloudEvents Kafka binding, structured content mode).
+STRUCTURED_HEADERS: list[tuple[str, bytes]] = [("content-type", STRUCTURED_CONTENT_TYPE.encode())]
+
+
+def verdict_value(verdict: Verdict) -> bytes:
+    """The verdict's JSON; should a string in it not encode as UTF-8, the same JSON with escapes (ASCII)."""
+    try:
+        return verdict.model_dump_json().encode()
+    except Exception:
+        log.error("verdict not serialisable as UTF-8, sent ASCII-escaped", extra={"event_id": repr(verdict.id)})
+        return json.dumps(verdict.model_dump(mode="json"), ensure_ascii=True).encode("ascii")
 
 
 class Publisher:
@@ -47,11 +64,12 @@ class Publisher:
         )
 
     def publish_verdict(self, verdict: Verdict, on_ack: Callable[[], None]) -> None:
-        self._send(self.settings.verdicts_topic, verdict.id, verdict.model_dump_json().encode(), on_ack)
+        self._send(self.settings.verdicts_topic, verdict.id, verdict_value(verdict), on_ack)
 
     def publish_dead_letter(self, record: DeadLetter, on_ack: Callable[[], None]) -> None:
         metrics.DLQ.inc()
-        self._send(self.settings.dlq_topic, record.id, record.model_dump_json().encode(), on_ack)
+        value = dead_letter_value(record, self.settings.max_message_bytes)
+        self._send(self.settings.dlq_topic, record.id, value, on_ack)
 
     def publish_retry(self, record: ConsumerRecord, attempt: int, not_before_ms: int,
                       on_ack: Callable[[], None]) -> None:
@@ -63,7 +81,7 @@ class Publisher:
         self._send_raw(self.settings.retry_topic, record.key, record.value or b"", on_ack, headers)
 
     def _send(self, topic: str, key: str, value: bytes, on_ack: Callable[[], None]) -> None:
-        self._send_raw(topic, key.encode(), value, on_ack)
+        self._send_raw(topic, key.encode(), value, on_ack, STRUCTURED_HEADERS)
 
     def _send_raw(
         self, topic: str, key: bytes | None, value: bytes, on_ack: Callable[[], None],

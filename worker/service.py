@@ -14,8 +14,6 @@ Transient failures delay the verdict: a dependency outage pauses consumption whi
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import signal
 import threading
@@ -27,12 +25,12 @@ from typing import Protocol
 
 from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
-from pydantic import ValidationError
 
 from worker import metrics
 from worker.consume import EventConsumer, RebalanceEvent
-from worker.contracts import DeadLetter, DeadLetterData, MediaData, MediaEvent, Verdict, VerdictData
+from worker.contracts import DeadLetter, MediaData, MediaEvent, Verdict, VerdictData
 from worker.engine import Engine
+from worker.envelope import dead_letter, parse_event, salvage_id
 from worker.errors import ErrorCode
 from worker.guard import DeliveryGuard, RecordId
 from worker.health import HealthState, serve
@@ -297,9 +295,9 @@ class ConsumeLoop:
                                           "each time", acked)
             return
 
-        event_or_reason = parse_event(record.value)
+        event_or_reason = parse_event(record.value, record.headers)
         if isinstance(event_or_reason, str):
-            event_id = salvage_id(record.value)
+            event_id = salvage_id(record.value, record.headers)
             if event_id is None:
                 log.warning("unparseable event to DLQ", extra={**ctx, "reason": event_or_reason})
                 self._dead_letter_raw(record, event_or_reason, acked)
@@ -473,47 +471,3 @@ class Worker:
             self.guard.close()
             server.shutdown()
             log.info("worker stopped")
-
-
-# -- parsing helpers (pure functions, unit-tested) ----------------------------------------------------
-def parse_event(value: bytes | None) -> MediaEvent | str:
-    """The event, or the reason it cannot be used."""
-    if value is None:
-        return "empty record (tombstone)"
-    try:
-        return MediaEvent.model_validate_json(value)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return f"invalid event: {where}: {first.get('msg')}" if where else f"invalid event: {first.get('msg')}"
-
-
-def salvage_id(value: bytes | None) -> str | None:
-    """The CloudEvent id of an invalid event, when it has one we can answer to."""
-    if not value:
-        return None
-    try:
-        doc = json.loads(value)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    event_id = doc.get("id") if isinstance(doc, dict) else None
-    return event_id if isinstance(event_id, str) and 0 < len(event_id) <= 512 else None
-
-
-def dead_letter(record: ConsumerRecord, reason: str, max_value_bytes: int = 768 * 1024) -> DeadLetter:
-    """The DLQ record; a value too big to fit the DLQ topic is cut (flagged) so the record can always be sent."""
-    value = record.value or b""
-    return DeadLetter(
-        data=DeadLetterData(
-            reason=reason,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            timestamp_ms=record.timestamp,
-            key_b64=base64.b64encode(record.key).decode() if record.key else None,
-            value_b64=base64.b64encode(value[:max_value_bytes]).decode(),
-            value_size=len(value),
-            value_truncated=len(value) > max_value_bytes,
-            headers={k: base64.b64encode(v or b"").decode() for k, v in (record.headers or [])},
-        )
-    )

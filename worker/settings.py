@@ -97,8 +97,17 @@ class FaceSettings(BaseModel):
     nms_threshold: float = 0.3
     #: Frames are downscaled so their longest side is at most this before detection.
     detect_max_side: int = 640
-    max_faces_per_frame: int = 4
-    min_face_px: int = 24
+    #: Faces scored per frame: 32 covers a typical group photo. Above it the largest are kept, and the
+    #: verdict's `faces_dropped` counts the rest.
+    max_faces_per_frame: int = 32
+    #: Faces scored per media item (all frames together), largest first: bounds the aligned crops held for
+    #: one item (256 x 224 x 224 x 3 bytes = 37 MiB) and its inference cost.
+    max_faces_per_media: int = 256
+    #: Smallest face side scored, in source pixels. 10 px is YuNet's reliable lower bound ("faces of around
+    #: 10x10 to 300x300 pixels", opencv_zoo models/face_detection_yunet/README.md); SCRFD-500M and YuNet
+    #: both find every face of an 8x8 mosaic of the test portrait (faces 9-10 px). Faces are detected on the
+    #: frame downscaled to detect_max_side, so on larger frames the smallest face found grows with the factor.
+    min_face_px: int = 10
     crop_size: int = 224
     crop_scale: float = 1.3
 

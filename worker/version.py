@@ -8,4 +8,7 @@ verdict besides the model (sampling, aggregation); bump it and every cached verd
 
 __version__ = "0.1.0"
 PREPROCESSING_VERSION = "align5-s1.3-224-rgb-v1"
-PIPELINE_VERSION = f"dfmod-{__version__}+{PREPROCESSING_VERSION}"
+#: faces2: every face up to the caps (32 per frame, 256 per media) from 10 px, largest first; faces1 scored the
+#: 4 best-scoring faces of at least 24 px, so a group photo's cached verdict would be wrong.
+FACE_SELECTION_VERSION = "faces2"
+PIPELINE_VERSION = f"dfmod-{__version__}+{PREPROCESSING_VERSION}+{FACE_SELECTION_VERSION}"

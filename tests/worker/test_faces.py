@@ -13,7 +13,7 @@ import pytest
 from worker import samples
 from worker.decode import decode_media
 from worker.faces.align import crop_template, estimate_similarity
-from worker.faces.extract import extract_faces
+from worker.faces.extract import extract_faces, extract_faces_counted, select_faces
 from worker.faces.factory import DetectorWeightsMissing, ThreadLocalDetector, create_detector
 from worker.settings import DecodeSettings, FaceSettings
 from worker.types import Detection, FaceDetector, Frame, RGBImage
@@ -77,7 +77,7 @@ def test_four_faces_on_a_mosaic(
 def test_filters(models_dir: Path, astronaut_rgb: RGBImage) -> None:
     grid = samples.mosaic(astronaut_rgb, 4)
     two = create_detector(FaceSettings(weights_dir=models_dir, max_faces_per_frame=2))
-    assert len(two.detect(grid)) == 2
+    assert len(two.detect(grid)) == 4, "detectors report every face; the cap applies when extracting"
     big_only = create_detector(FaceSettings(weights_dir=models_dir, min_face_px=80))
     assert len(big_only.detect(grid)) == 0 and len(big_only.detect(astronaut_rgb)) == 1
     strict = create_detector(FaceSettings(weights_dir=models_dir, score_threshold=0.99))
@@ -158,9 +158,67 @@ def test_extract_faces_on_several_frames(detectors: dict[str, FaceDetector], ast
         Frame(index=5, time_s=0.2, rgb=np.zeros((200, 200, 3), dtype=np.uint8)),
         Frame(index=9, time_s=0.4, rgb=samples.mosaic(astronaut_rgb, 4)),
     ]
-    crops = extract_faces(frames, detectors["yunet"], FaceSettings(max_faces_per_frame=3))
-    assert [c.frame_index for c in crops] == [0, 9, 9, 9]
-    assert all(c.crop.shape == (224, 224, 3) for c in crops)
+    extracted = extract_faces_counted(frames, detectors["yunet"], FaceSettings(max_faces_per_frame=3))
+    assert [c.frame_index for c in extracted.crops] == [0, 9, 9, 9]
+    assert all(c.crop.shape == (224, 224, 3) for c in extracted.crops)
+    assert extracted.dropped == 1  # the mosaic's fourth face
+    again = extract_faces(frames, detectors["yunet"], FaceSettings(max_faces_per_frame=3))
+    assert [c.detection.box for c in again] == [c.detection.box for c in extracted.crops]
+
+
+@pytest.mark.parametrize("backend", LANDMARK_BACKENDS)
+def test_every_face_of_a_16_face_group_is_scored_by_default(
+    detectors: dict[str, FaceDetector], astronaut_rgb: RGBImage, backend: Backend
+) -> None:
+    group = samples.mosaic(astronaut_rgb, 16)  # 4x4 tiles of 128 px: faces of ~23 px
+    extracted = extract_faces_counted([Frame(0, 0.0, group)], detectors[backend], FaceSettings(backend=backend))
+    assert len(extracted.crops) == 16 and extracted.dropped == 0
+    tiles = {(int((c.detection.box[0] + c.detection.box[2] / 2) // 128),
+              int((c.detection.box[1] + c.detection.box[3] / 2) // 128)) for c in extracted.crops}
+    assert len(tiles) == 16  # one face per tile, none twice
+
+
+@pytest.mark.parametrize("backend", LANDMARK_BACKENDS)
+def test_small_faces_down_to_the_detectors_reliable_size_are_found(
+    detectors: dict[str, FaceDetector], astronaut_rgb: RGBImage, backend: Backend
+) -> None:
+    crowd = samples.mosaic(astronaut_rgb, 36)  # 6x6 tiles of 85 px: faces of ~13-15 px
+    found = detectors[backend].detect(crowd)
+    assert len(found) == 36
+    assert min(min(d.box[2], d.box[3]) for d in found) < 16
+
+
+def test_the_cap_keeps_the_largest_faces_and_counts_the_rest(
+    detectors: dict[str, FaceDetector], astronaut_rgb: RGBImage
+) -> None:
+    canvas = np.zeros((512, 1024, 3), dtype=np.uint8)
+    canvas[:, :512] = astronaut_rgb                      # one face of ~91x111 px
+    canvas[:, 512:] = samples.mosaic(astronaut_rgb, 16)  # sixteen of ~23 px
+    extracted = extract_faces_counted([Frame(0, 0.0, canvas)], detectors["yunet"], FaceSettings(max_faces_per_frame=5))
+    assert extracted.dropped == 12 and len(extracted.crops) == 5
+    areas = [c.detection.box[2] * c.detection.box[3] for c in extracted.crops]
+    assert areas == sorted(areas, reverse=True) and areas[0] > 4 * areas[1]  # the big face first
+    assert extracted.crops[0].detection.box[0] < 512
+
+
+def box(side: float, score: float = 0.9) -> Detection:
+    return Detection(box=(0.0, 0.0, side, side), landmarks=None, score=score)
+
+
+def test_the_media_cap_shrinks_every_frames_allowance_evenly() -> None:
+    found = [[box(s) for s in (10, 50, 30, 20)], [box(s) for s in (40, 15)], [], [box(12)]]
+    kept, dropped = select_faces(found, FaceSettings(max_faces_per_frame=3, max_faces_per_media=5))
+    assert [[d.box[2] for d in faces] for faces in kept] == [[50, 30], [40, 15], [], [12]]
+    assert dropped == 2
+    kept, dropped = select_faces(found, FaceSettings(max_faces_per_frame=3, max_faces_per_media=100))
+    assert [[d.box[2] for d in faces] for faces in kept] == [[50, 30, 20], [40, 15], [], [12]] and dropped == 1
+
+
+def test_with_more_frames_than_the_media_cap_the_largest_faces_frames_keep_one() -> None:
+    found = [[box(10), box(9)], [box(30)], [box(20), box(5)]]
+    kept, dropped = select_faces(found, FaceSettings(max_faces_per_media=2))
+    assert [[d.box[2] for d in faces] for faces in kept] == [[], [30], [20]] and dropped == 3
+    assert select_faces(found, FaceSettings(max_faces_per_frame=0)) == ([[], [], []], 5)
 
 
 class BoxOnlyDetector:

@@ -44,8 +44,9 @@ def make_detection(box: npt.ArrayLike, landmarks: npt.ArrayLike | None, score: f
 def filter_detections(
     detections: list[Detection], settings: FaceSettings, use_score: bool = True
 ) -> list[Detection]:
-    """Best first, at most max_faces_per_frame, of the faces with both sides >= min_face_px and a score
-    >= score_threshold (`use_score=False` for backends whose score is not a confidence)."""
+    """Best first, the faces with both sides >= min_face_px and a score >= score_threshold
+    (`use_score=False` for backends whose score is not a confidence). Every such face is returned: the caps
+    on how many are scored apply later (`worker.faces.extract`), so dropped faces can be counted."""
     kept = [
         d
         for d in detections
@@ -53,4 +54,4 @@ def filter_detections(
         and min(d.box[2], d.box[3]) >= settings.min_face_px
     ]
     kept.sort(key=lambda d: d.score, reverse=True)
-    return kept[: max(0, settings.max_faces_per_frame)]
+    return kept

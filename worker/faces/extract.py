@@ -1,21 +1,59 @@
-"""Stage 4, faces: detect on every sampled frame and align each face into the model's crop."""
+"""Stage 4, faces: detect on every sampled frame, keep what the caps allow, align each kept face."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from worker.faces.align import align_face, landmarks_from_box
 from worker.settings import FaceSettings
-from worker.types import FaceCrop, FaceDetector, Frame
+from worker.types import Detection, FaceCrop, FaceDetector, Frame
 
 
-def extract_faces(frames: list[Frame], detector: FaceDetector, settings: FaceSettings) -> list[FaceCrop]:
-    """Aligned crops of up to `max_faces_per_frame` faces per frame, in frame order, best face first.
+@dataclass(frozen=True)
+class ExtractedFaces:
+    """The aligned crops, and how many detected faces the caps left unscored."""
+
+    crops: list[FaceCrop]
+    dropped: int = 0
+
+
+def _area(detection: Detection) -> float:
+    return detection.box[2] * detection.box[3]
+
+
+def select_faces(found: list[list[Detection]], settings: FaceSettings) -> tuple[list[list[Detection]], int]:
+    """The faces to score per frame (largest first) and how many detected faces were dropped.
+
+    Each frame keeps its largest `max_faces_per_frame` faces (a bigger face carries more evidence, a face
+    too small to judge goes first). When all frames together hold more than `max_faces_per_media`, every
+    frame's allowance shrinks evenly instead of keeping the largest faces overall, so each frame with a face
+    still counts in the media score (the mean over frames); only with more frames than the cap do frames
+    keep one face each, those with the largest faces first.
+    """
+    ranked = [sorted(faces, key=lambda d: (_area(d), d.score), reverse=True) for faces in found]
+    limit = max(0, settings.max_faces_per_media)
+    allowance = max(0, settings.max_faces_per_frame)
+    while allowance > 1 and sum(min(allowance, len(faces)) for faces in ranked) > limit:
+        allowance -= 1
+    kept = [faces[:allowance] for faces in ranked]
+    if sum(len(faces) for faces in kept) > limit:  # more frames with a face than the cap
+        order = sorted((i for i, faces in enumerate(kept) if faces), key=lambda i: _area(kept[i][0]), reverse=True)
+        chosen = set(order[:limit])
+        kept = [faces if i in chosen else [] for i, faces in enumerate(kept)]
+    dropped = sum(len(faces) for faces in found) - sum(len(faces) for faces in kept)
+    return kept, dropped
+
+
+def extract_faces_counted(frames: list[Frame], detector: FaceDetector, settings: FaceSettings) -> ExtractedFaces:
+    """Aligned crops of the faces the caps keep, in frame order and largest first within a frame.
 
     A detection without landmarks (Haar) is aligned on template landmarks placed in its box, and its crop
     says `landmarks_estimated=True`.
     """
+    kept, dropped = select_faces([detector.detect(frame.rgb) for frame in frames], settings)
     crops: list[FaceCrop] = []
-    for frame in frames:
-        for detection in detector.detect(frame.rgb)[: max(0, settings.max_faces_per_frame)]:
+    for frame, detections in zip(frames, kept, strict=True):
+        for detection in detections:
             landmarks = detection.landmarks
             estimated = landmarks is None
             if landmarks is None:
@@ -30,4 +68,9 @@ def extract_faces(frames: list[Frame], detector: FaceDetector, settings: FaceSet
                     crop=crop,
                 )
             )
-    return crops
+    return ExtractedFaces(crops=crops, dropped=dropped)
+
+
+def extract_faces(frames: list[Frame], detector: FaceDetector, settings: FaceSettings) -> list[FaceCrop]:
+    """The crops of `extract_faces_counted`, for callers that do not report dropped faces (training)."""
+    return extract_faces_counted(frames, detector, settings).crops
