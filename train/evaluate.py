@@ -38,9 +38,10 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def autocast_for(device: str) -> Any:
-    """bf16 autocast on CUDA (the published setting); CPU runs in fp32 (bf16 on CPU is slow and lossy)."""
-    if device.startswith("cuda"):
+def autocast_for(device: str, precision: str = "bf16-mixed") -> Any:
+    """bf16 autocast on CUDA for ``bf16-mixed`` (the published setting); CPU and ``32`` run in fp32
+    (bf16 on CPU is slow and lossy)."""
+    if device.startswith("cuda") and precision == "bf16-mixed":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
 
@@ -54,6 +55,7 @@ def score_dataset(
     workers: int = 0,
     progress: bool = True,
     desc: str = "score",
+    precision: str = "bf16-mixed",
 ) -> npt.NDArray[np.float64]:
     """p(fake) for every crop of `dataset`, in dataset order (whatever order batches arrive in)."""
     was_training = detector.training
@@ -62,7 +64,7 @@ def score_dataset(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
     for images, _, indices in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
         x = normalise(images.permute(0, 2, 3, 1).to(device, non_blocking=True))
-        with autocast_for(device):
+        with autocast_for(device, precision):
             logits, _ = detector(x)
         out[indices.numpy()] = torch.softmax(logits.float(), dim=-1)[:, 1].cpu().numpy()
     detector.train(was_training)
