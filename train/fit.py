@@ -478,9 +478,10 @@ class Trainer:
 
     def print_startup(self) -> None:
         info, cfg = self.startup, self.cfg
-        crops = "; ".join(
-            f"{s} {c['crops']} crops ({c['real']} real, {c['fake']} fake) from {c['videos']} videos"
-            for s, c in info["crops"].items()
+        order = sorted(info["crops"], key=lambda s: ("train", "val", "test", s).index(s))
+        crops = "\n            ".join(
+            f"{s:5s} {c['crops']} crops ({c['real']} real, {c['fake']} fake) from {c['videos']} videos"
+            for s, c in ((s, info["crops"][s]) for s in order)
         )
         lines = [
             f"fit -> {cfg.out}",
@@ -781,9 +782,43 @@ _HP_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
+_HP_HELP = {
+    "epochs": "training epochs",
+    "batch_size": "crops per optimizer step",
+    "lr": "peak learning rate",
+    "lr_min": "final (and warmup start) learning rate",
+    "lr_schedule": "learning-rate schedule, per step",
+    "warmup_epochs": "linear warmup from lr-min, in epochs",
+    "restart_epochs": "cosine-restarts cycle length, in epochs",
+    "weight_decay": "AdamW weight decay of the head's weight matrix",
+    "betas": "AdamW betas",
+    "seed": "seed of batches, augmentation, slerp and random init",
+    "ce_weight": "cross-entropy weight",
+    "label_smoothing": "cross-entropy label smoothing",
+    "uniformity_weight": "hypersphere uniformity loss weight",
+    "alignment_weight": "label-aware alignment loss weight",
+    "slerp": "replace features by same-class slerp interpolations",
+    "slerp_range": "range of the slerp t",
+    "augment": "image augmentations",
+    "flip_p": "horizontal flip probability",
+    "affine_degrees": "random rotation, degrees",
+    "affine_translate": "random translation, fraction of size",
+    "affine_scale": "random scale range",
+    "blur_p": "Gaussian blur probability (1 = every image)",
+    "blur_kernel": "Gaussian blur kernel, width height",
+    "blur_sigma": "Gaussian blur sigma range",
+    "jitter_brightness": "colour jitter brightness",
+    "jitter_contrast": "colour jitter contrast",
+    "jpeg_quality": "JPEG re-encoding quality range (100 100 = off)",
+    "select_by": "metric that picks best.pt",
+    "early_stopping_patience": "stop after this many epochs without a better best.pt (0 = never)",
+    "precision": "bf16-mixed (autocast on CUDA) or 32",
+}
+
+
 def _recipe_default_help(key: str) -> str:
     vals = ", ".join(f"{name} {RECIPES[name].settings[key].value!r}" for name in RECIPES)
-    return f"default: the recipe's ({vals}; `python -m train.recipes --sources` cites each)"
+    return f"{_HP_HELP[key]} (default: the recipe's: {vals})"
 
 
 def register(subparsers: Any) -> None:
@@ -807,7 +842,8 @@ def register(subparsers: Any) -> None:
         "--recipe",
         choices=sorted(RECIPES),
         default=None,
-        help=f"named recipe (default: {DEFAULT_RECIPE}, or the --init checkpoint's own hyper_parameters when imported)",
+        help=f"named recipe; `python -m train.recipes --sources` cites every value "
+        f"(default: {DEFAULT_RECIPE}, or the --init checkpoint's own hyper_parameters when imported)",
     )
     p.add_argument("--init", type=Path, default=None, help="start from this dfmod checkpoint (default: none)")
     for flag, key, kw in _HP_FLAGS:
