@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 #: sub-command -> module that registers it (in workflow order).
 COMMANDS: dict[str, str] = {
@@ -53,11 +54,18 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
         action.help = text
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Usage errors as one line too (argparse prints the whole usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dfmod-train", description=__doc__)
+    parser = OneLineErrorParser(prog="dfmod-train", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks of errors (default: off)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
     for module_name in COMMANDS.values():
         importlib.import_module(module_name).register(sub)
     for command in sub.choices.values():  # `dfmod-train fit ... --debug` works as well as `dfmod-train --debug fit`
@@ -70,10 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _one_line(exc: BaseException) -> str:
     """The error as one line: its message (which names the file), else its type."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in text:
-        text = f"{exc.filename}: {text}"
-    return text
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        return f"{exc.filename}: {exc.strerror.lower()}"
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -338,11 +338,21 @@ class Trainer:
         init_meta: dict[str, Any] | None = None
         state: dict[str, Any] | None = None
         self.overrides: dict[str, tuple[Any, Any]] = {}
-        if resuming:
-            from train.checkpoint import read_checkpoint
+        from train.checkpoint import read_checkpoint
 
+        if cfg.init is not None:
+            init_arch = read_checkpoint(cfg.init)["arch"]
+            if init_arch != cfg.arch:
+                raise ValueError(f"{cfg.init}: checkpoint is for arch {init_arch}, not {cfg.arch}")
+        if resuming:
             stored = identity_and_hparams(read_checkpoint(last)["config"])
             self.overrides = run_folder.conflicts(stored, identity_and_hparams(_config_dict(cfg)))
+            fixed = sorted(set(self.overrides) & {"arch", "weights", "data", "init"})
+            if fixed:
+                raise run_folder.RunFolderError(
+                    f"{last}: a resumed run keeps its {', '.join(fixed)} "
+                    f"({'; '.join(f'{k}: {self.overrides[k][0]!r}' for k in fixed)}); start a new run to change them"
+                )
             if self.overrides and not cfg.allow_override:
                 changes = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in _rows(self.overrides))
                 raise run_folder.RunFolderError(
@@ -352,8 +362,6 @@ class Trainer:
         run_folder.claim(cfg.out, cfg.resume, cfg.overwrite)
         if cfg.init is not None:
             detector, init_meta = load_checkpoint(cfg.init, device="cpu", backbone_weights=_file_or_none(cfg.weights))
-            if detector.arch != cfg.arch:
-                raise ValueError(f"{cfg.init}: checkpoint is for arch {detector.arch}, not {cfg.arch}")
             init_meta["sha256"] = init_meta.get("sha256") or sha256_file(cfg.init)
         self.recipe = resolve_recipe(cfg, init_meta)
         if resuming:
