@@ -204,4 +204,13 @@ def test_cli_fit_runs(task: Path, tmp_path: Path) -> None:
     assert rc == 0
     meta = read_checkpoint(out / "last.pt")
     assert meta["config"]["slerp"] is False and meta["config"]["batch_size"] == 36
-    assert meta["config"]["uniformity_weight"] == 0.5 and meta["config"]["alignment_weight"] == 0.1
+    # the default recipe is the paper's: CE only, blur on every image with the 3x7 kernel, best by video mAP
+    assert meta["config"]["recipe"] == "paper"
+    assert meta["config"]["uniformity_weight"] == 0.0 and meta["config"]["alignment_weight"] == 0.0
+    assert meta["config"]["blur_p"] == 1.0 and meta["config"]["blur_kernel"] == [3, 7]
+    assert meta["config"]["select_by"] == "val_video_map" and meta["config"]["weights"] == "random-init"
+    run = json.loads((out / "run.json").read_text())
+    assert run["recipe"] == "paper" and run["config"]["batch_size"] == 36
+    assert run["sources"]["lr"].startswith("yermandy/deepfake-detection@0b872f7 run.py:110")
+    assert run["sources"]["batch_size"].startswith("set explicitly")
+    assert run["startup"]["crops"]["train"] == {"crops": 72, "real": 36, "fake": 36, "videos": 24}
