@@ -11,7 +11,7 @@ overwritten; ``--resume`` restores the run's own hyper-parameters and refuses fl
 unless ``--allow-override`` is given (the change is then recorded in ``history.json``).
 
 Resumability: the optimizer moments, scheduler and RNG states are tensors and do not belong in the
-deployable checkpoint, so they live in a sidecar ``RUN_DIR/last.state.pt`` whose name and sha256 are
+deployable checkpoint, so they live in a sidecar ``RUN_DIR/last.state-<step>.pt`` whose name and sha256 are
 recorded in ``last.pt``'s ``extra`` (with epoch/step). The batch order of an epoch, the augmentation of a
 sample and the slerp draws of a step are pure functions of (seed, epoch, index/step), so a run resumed
 from any saved point ends with the same parameters as one that was never interrupted.
@@ -56,7 +56,7 @@ from train.recipes import (
     recipe_from_hparams,
 )
 
-STATE_NAME = "last.state.pt"
+STATE_PREFIX = "last.state-"
 #: Architectures with published OpenAI weights: `fit` uses them unless told otherwise.
 PRETRAINED_ARCHES = ("ViT-L-14", "ViT-B-16", "ViT-B-32")
 #: What identifies a run besides its hyper-parameters; a resume may not change these silently either.
@@ -347,7 +347,7 @@ class Trainer:
         if resuming:
             stored = identity_and_hparams(read_checkpoint(last)["config"])
             self.overrides = run_folder.conflicts(stored, identity_and_hparams(_config_dict(cfg)))
-            fixed = sorted(set(self.overrides) & {"arch", "weights", "data", "init"})
+            fixed = sorted(set(self.overrides) & {"arch", "weights", "init"})
             if fixed:
                 raise run_folder.RunFolderError(
                     f"{last}: a resumed run keeps its {', '.join(fixed)} "
@@ -514,7 +514,9 @@ class Trainer:
         from train.factory import sha256_file
 
         extra = meta.get("extra", {})
-        path = self.cfg.out / extra.get("resume_state", STATE_NAME)
+        path = self.cfg.out / str(extra.get("resume_state", ""))
+        if not extra.get("resume_state"):
+            raise ValueError(f"{self.cfg.out / 'last.pt'} names no optimizer/RNG state file; cannot resume exactly")
         if not path.is_file():
             raise FileNotFoundError(f"{path} (optimizer/RNG state of last.pt) is missing; cannot resume exactly")
         if extra.get("resume_state_sha256") and sha256_file(path) != extra["resume_state_sha256"]:
@@ -528,7 +530,10 @@ class Trainer:
         from train.checkpoint import save_checkpoint
         from train.factory import sha256_file
 
-        state_path = self.cfg.out / STATE_NAME
+        # A new state file per save, named in last.pt: a kill between the two writes leaves last.pt
+        # pointing at the state file it was written with, never at one that changed under it.
+        state_name = f"{STATE_PREFIX}{self.step:09d}.pt"
+        state_path = self.cfg.out / state_name
         tmp = state_path.with_suffix(".tmp")
         torch.save(
             {
@@ -552,12 +557,15 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "step": self.step,
             "total_steps": self.total_steps,
-            "resume_state": STATE_NAME,
+            "resume_state": state_name,
             "resume_state_sha256": sha256_file(state_path),
             "recipe": self.recipe.name,
             "val": val,
         }
         save_checkpoint(self.cfg.out / "last.pt", self.detector, _config_dict(self.cfg), extra)
+        for old in self.cfg.out.glob(f"{STATE_PREFIX}*.pt"):
+            if old.name != state_name:
+                old.unlink(missing_ok=True)
 
     def _validate(self) -> dict[str, float] | None:
         if self.val_set is None:
@@ -892,7 +900,7 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
     last = args.out / "last.pt"
     if args.resume and last.is_file():
         stored = identity_and_hparams(read_checkpoint(last)["config"])
-        return FitConfig(data=args.data, out=args.out, **{**stored, **explicit, **control})
+        return FitConfig(**{**stored, "data": args.data, "out": args.out, **explicit, **control})
     recipe = get_recipe(args.recipe or DEFAULT_RECIPE)
     base: dict[str, Any] = {}
     if args.init is not None:

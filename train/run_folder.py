@@ -17,8 +17,9 @@ from typing import Any
 
 RUN_JSON = "run.json"
 HISTORY_JSON = "history.json"
-#: Every file `fit` writes into a run folder (what `--overwrite` clears).
-RUN_FILES = ("last.pt", "last.state.pt", "best.pt", HISTORY_JSON, RUN_JSON)
+#: Every file `fit` writes into a run folder (what `--overwrite` clears); the state file is per step.
+RUN_FILES = ("last.pt", "best.pt", HISTORY_JSON, RUN_JSON)
+STATE_GLOB = "last.state-*.pt"
 
 
 class RunFolderError(ValueError):
@@ -26,7 +27,8 @@ class RunFolderError(ValueError):
 
 
 def existing_run_files(out: Path) -> list[str]:
-    return [name for name in RUN_FILES if (out / name).exists()]
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    return found + sorted(p.name for p in out.glob(STATE_GLOB)) if out.is_dir() else found
 
 
 def claim(out: Path, resume: bool, overwrite: bool) -> None:

@@ -150,7 +150,7 @@ def test_resume_gives_the_same_final_parameters(task: Path, tmp_path: Path) -> N
 def test_resume_refuses_a_foreign_state_file(task: Path, tmp_path: Path) -> None:
     cfg = replace(base_config(task, tmp_path / "run"), epochs=1, max_steps=1)
     fit(cfg)
-    state = tmp_path / "run" / "last.state.pt"
+    state = tmp_path / "run" / read_checkpoint(tmp_path / "run" / "last.pt")["extra"]["resume_state"]
     blob = torch.load(state, weights_only=True)
     blob["step"] = 99
     torch.save(blob, state)
