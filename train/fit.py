@@ -360,9 +360,13 @@ class Trainer:
                     "or pass --allow-override to change them (recorded in history.json)"
                 )
         run_folder.claim(cfg.out, cfg.resume, cfg.overwrite)
+        if cfg.resume and not resuming:
+            print(f"--resume: no {last} yet, starting a new run", file=sys.stderr)
         if cfg.init is not None:
             detector, init_meta = load_checkpoint(cfg.init, device="cpu", backbone_weights=_file_or_none(cfg.weights))
             init_meta["sha256"] = init_meta.get("sha256") or sha256_file(cfg.init)
+            if not resuming and not _file_or_none(cfg.weights):
+                cfg.weights = str(detector.weights)  # the backbone the checkpoint was trained on, as recorded
         self.recipe = resolve_recipe(cfg, init_meta)
         if resuming:
             self.detector, meta = load_checkpoint(last, device=self.device, backbone_weights=_file_or_none(cfg.weights))
@@ -905,7 +909,7 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
     base: dict[str, Any] = {}
     if args.init is not None:
         payload = read_checkpoint(args.init)
-        base["arch"] = payload["arch"]
+        base["arch"], base["weights"] = payload["arch"], payload["weights"]
         hp = imported_hparams(payload)
         if hp is not None and args.recipe is None:  # the released model's own settings are the default
             recipe = recipe_from_hparams(hp, str(args.init))
