@@ -359,13 +359,15 @@ class Trainer:
                     f"{last}: --resume would change the run's own settings ({changes}); drop those flags, "
                     "or pass --allow-override to change them (recorded in history.json)"
                 )
-        run_folder.claim(cfg.out, cfg.resume, cfg.overwrite)
+        previous_run = run_folder.claim(cfg.out, cfg.resume, cfg.overwrite)
         if cfg.resume and not resuming:
             print(f"--resume: no {last} yet, starting a new run", file=sys.stderr)
-        if cfg.init is not None:
+        if cfg.init is not None and resuming:  # the parameters come from last.pt; only the record is needed
+            init_meta = {k: v for k, v in read_checkpoint(cfg.init).items() if k != "state_dict"}
+            init_meta["sha256"] = sha256_file(cfg.init)
+        elif cfg.init is not None:
             detector, init_meta = load_checkpoint(cfg.init, device="cpu", backbone_weights=_file_or_none(cfg.weights))
-            init_meta["sha256"] = init_meta.get("sha256") or sha256_file(cfg.init)
-            if not resuming and not _file_or_none(cfg.weights):
+            if not _file_or_none(cfg.weights):
                 cfg.weights = str(detector.weights)  # the backbone the checkpoint was trained on, as recorded
         self.recipe = resolve_recipe(cfg, init_meta)
         if resuming:
@@ -379,6 +381,7 @@ class Trainer:
             if cfg.weights == "random-init" and cfg.arch in PRETRAINED_ARCHES:
                 print(f"warning: {cfg.arch} with random-init weights: the backbone is NOT pretrained", file=sys.stderr)
             self.detector = create_detector(cfg.arch, cfg.weights, device=self.device, seed=cfg.seed)
+        run_folder.clear(cfg.out, previous_run)  # --overwrite: only now that the new run could be built
         cfg.out.mkdir(parents=True, exist_ok=True)
         _seed_all(cfg.seed)
         self.augment: SeededTransform | None = (

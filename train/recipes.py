@@ -282,11 +282,60 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _summary_rows(r: Recipe) -> dict[str, str]:
+    """The rows of issue 10's comparison table, from a recipe's values."""
+    v = r.values()
+    loss = " + ".join(
+        f"{name} {v[key]:g}"
+        for name, key in (("CE", "ce_weight"), ("uniformity", "uniformity_weight"), ("alignment", "alignment_weight"))
+        if v[key]
+    )
+    slerp = (
+        f"on, replaces the batch in place, t ~ U{list(v['slerp_range'])} per row within each class"
+        if v["slerp"]
+        else "off"
+    )
+    kw, kh = v["blur_kernel"]
+    when = "every image" if v["blur_p"] >= 1 else f"p = {v['blur_p']:g}"
+    sched = f"{v['lr']:g} {v['lr_schedule']} -> {v['lr_min']:g}"
+    if v["warmup_epochs"]:
+        sched += f", warmup {v['warmup_epochs']:g} epoch"
+    if v["lr_schedule"] == "cosine-restarts":
+        sched += f", restart every {v['restart_epochs']:g} epochs"
+    return {
+        "loss": loss,
+        "slerp feature augmentation": slerp,
+        "Gaussian blur": f"{when}, one {kw}-wide x {kh}-high kernel, sigma {tuple(v['blur_sigma'])}",
+        "best checkpoint": {"val_video_map": "val video mAP (mean over both classes)"}.get(
+            v["select_by"], v["select_by"]
+        ),
+        "lr / schedule / batch / epochs / seed": f"{sched} / {v['batch_size']} / {v['epochs']} / {v['seed']}",
+        "AdamW / wd / betas": f"AdamW / {v['weight_decay']:g} / {tuple(v['betas'])}",
+        "flip / affine / jitter / JPEG": " / ".join(
+            (
+                f"{v['flip_p']:g}",
+                f"{v['affine_degrees']:g} deg, {tuple(v['affine_translate'])}, {tuple(v['affine_scale'])}",
+                f"{v['jitter_brightness']:g}, {v['jitter_contrast']:g}",
+                f"{tuple(v['jpeg_quality'])}",
+            )
+        ),
+        "early stopping": f"patience {v['early_stopping_patience']}" if v["early_stopping_patience"] else "none",
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.recipes", description="print the named recipes")
     parser.add_argument("--json", action="store_true", help="JSON instead of a table (default: table)")
     parser.add_argument("--sources", action="store_true", help="print each value's source line (default: off)")
+    parser.add_argument("--issue-table", action="store_true", help="issue 10's comparison rows (default: off)")
     args = parser.parse_args(argv)
+    if args.issue_table:
+        rows = {n: _summary_rows(r) for n, r in RECIPES.items()}
+        print("| item | " + " | ".join(f"dfmod now: --recipe {n}" for n in rows) + " |")
+        print("| --- |" + " --- |" * len(rows))
+        for item in rows[DEFAULT_RECIPE]:
+            print(f"| {item} | " + " | ".join(rows[n][item] for n in rows) + " |")
+        return 0
     if args.json:
         doc = {
             n: {k: {"value": s.value, "source": s.source} for k, s in r.settings.items()} for n, r in RECIPES.items()

@@ -31,24 +31,30 @@ def existing_run_files(out: Path) -> list[str]:
     return found + sorted(p.name for p in out.glob(STATE_GLOB)) if out.is_dir() else found
 
 
-def claim(out: Path, resume: bool, overwrite: bool) -> None:
-    """Check (and for `overwrite`, clear) `out` before a run writes anything into it."""
+def claim(out: Path, resume: bool, overwrite: bool) -> list[str]:
+    """Check that a run may use `out`; returns the previous run's files that `clear` must remove first.
+
+    Checking and clearing are apart so `fit` can build everything that may still fail (weights, data)
+    before an ``--overwrite`` removes the old run.
+    """
     found = existing_run_files(out)
     if resume:
         if overwrite:
             raise RunFolderError("--resume and --overwrite contradict each other")
         if found and "last.pt" not in found:
             raise RunFolderError(f"{out}: holds {', '.join(found)} but no last.pt; nothing to resume from")
-        return
-    if not found:
-        return
-    if not overwrite:
+        return []
+    if found and not overwrite:
         raise RunFolderError(
             f"{out}: already holds a run ({', '.join(found)}); pass --resume to continue it "
             "or --overwrite to replace it"
         )
-    for name in found:
-        (out / name).unlink()
+    return found
+
+
+def clear(out: Path, names: list[str]) -> None:
+    for name in names:
+        (out / name).unlink(missing_ok=True)
 
 
 def json_safe(obj: Any) -> Any:
