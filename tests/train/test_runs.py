@@ -58,6 +58,10 @@ def test_fit_into_a_used_folder_is_refused_and_overwrite_clears_it(task: Path, t
     with pytest.raises(RunFolderError, match="already holds a run"):
         fit(cfg)
     assert first.best_checkpoint.is_file()  # the refusal touched nothing
+    (tmp_path / "broken.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty file"):  # a new run that cannot be built clears nothing
+        fit(replace(cfg, overwrite=True, init=tmp_path / "broken.pt"))
+    assert first.best_checkpoint.is_file()
     again = fit(replace(cfg, overwrite=True, max_steps=1))  # stops before any epoch ends: no best.pt can exist
     assert again.best_checkpoint is None and not (tmp_path / "run" / "best.pt").exists()
     assert not (tmp_path / "run" / "history.json").exists()  # the old run's epochs went with it
