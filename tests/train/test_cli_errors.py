@@ -150,7 +150,9 @@ def test_every_option_says_its_default() -> None:
 
 
 def test_entry_point_version_and_a_real_arch_never_falls_back_to_random_weights(tmp_path: Path) -> None:
+    # offline with an empty hub cache: the OpenAI weights cannot be had, whatever this machine has cached
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env["HF_HOME"] = str(tmp_path / "hf-home")
     cmd = [sys.executable, "-m", "train.cli"]
     version = subprocess.run([*cmd, "--version"], env=env, capture_output=True, text=True, timeout=120, check=True)
     assert version.stdout.startswith("dfmod-train ")
