@@ -12,6 +12,7 @@ of workers see exactly the same augmented crops.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Protocol
 
 import cv2
@@ -19,34 +20,12 @@ import numpy as np
 import torch
 from torch import Tensor
 from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
-
-#: Probability that the Gaussian blur is applied (the method lists blur without a rate; 0.1 is the reference
-#: code's default). Flip keeps its published 0.5; affine, jitter and JPEG always apply.
-BLUR_PROB = 0.1
 
 
 class IndexedTransform(Protocol):
     """What `CropDataset` calls: a uint8 (3, H, W) tensor and the sample's index in, a uint8 tensor out."""
 
     def __call__(self, image: Tensor, index: int) -> Tensor: ...
-
-
-class RandomKernelBlur(torch.nn.Module):
-    """Gaussian blur with an odd kernel drawn from [k_min, k_max] and sigma from [s_min, s_max].
-
-    torchvision's GaussianBlur fixes the kernel size; the method draws it (3-7).
-    """
-
-    def __init__(self, kernel: tuple[int, int] = (3, 7), sigma: tuple[float, float] = (0.1, 2.0)) -> None:
-        super().__init__()
-        self.kernels = list(range(kernel[0] | 1, kernel[1] + 1, 2))
-        self.sigma = sigma
-
-    def forward(self, image: Tensor) -> Tensor:
-        k = self.kernels[int(torch.randint(len(self.kernels), ()).item())]
-        s = float(torch.empty(()).uniform_(self.sigma[0], self.sigma[1]).item())
-        return TF.gaussian_blur(image, kernel_size=[k, k], sigma=[s, s])
 
 
 class RandomJPEG(torch.nn.Module):
@@ -72,17 +51,41 @@ class RandomJPEG(torch.nn.Module):
         return torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1])).permute(2, 0, 1).contiguous()
 
 
-def build_train_pipeline() -> v2.Compose:
-    """The published augmentation chain; draws from torch's global RNG (see `SeededTransform`)."""
-    return v2.Compose(
-        [
-            v2.RandomHorizontalFlip(p=0.5),
-            v2.RandomAffine(degrees=10.0, translate=(0.1, 0.1), scale=(0.9, 1.1)),
-            v2.RandomApply([RandomKernelBlur((3, 7), (0.1, 2.0))], p=BLUR_PROB),
-            v2.ColorJitter(brightness=0.1, contrast=0.1),
-            RandomJPEG((40, 100)),
-        ]
-    )
+@dataclass(frozen=True)
+class AugmentSettings:
+    """The training augmentation chain's parameters; `train.recipes` gives each its reference source.
+
+    ``blur_kernel`` is (width, height), torchvision's ``kernel_size`` order: deepfake-detection's
+    ``GaussianBlur(kernel_size=(3, 7))`` is one 3-wide x 7-high kernel, not a range of sizes.
+    ``blur_p`` 1.0 applies the blur to every image (no RandomApply draw), as that reference does.
+    """
+
+    flip_p: float = 0.5
+    affine_degrees: float = 10.0
+    affine_translate: tuple[float, float] = (0.1, 0.1)
+    affine_scale: tuple[float, float] = (0.9, 1.1)
+    blur_p: float = 1.0
+    blur_kernel: tuple[int, int] = (3, 7)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    jitter_brightness: float = 0.1
+    jitter_contrast: float = 0.1
+    jpeg_quality: tuple[int, int] = (40, 100)
+
+
+def build_train_pipeline(settings: AugmentSettings | None = None) -> v2.Compose:
+    """The augmentation chain in the reference's order; draws from torch's global RNG (`SeededTransform`)."""
+    a = settings or AugmentSettings()
+    steps: list[torch.nn.Module] = []
+    if a.flip_p > 0:
+        steps.append(v2.RandomHorizontalFlip(p=a.flip_p))
+    steps.append(v2.RandomAffine(degrees=a.affine_degrees, translate=a.affine_translate, scale=a.affine_scale))
+    if a.blur_p > 0:
+        blur = v2.GaussianBlur(kernel_size=list(a.blur_kernel), sigma=a.blur_sigma)
+        steps.append(blur if a.blur_p >= 1.0 else v2.RandomApply([blur], p=a.blur_p))
+    steps.append(v2.ColorJitter(brightness=a.jitter_brightness, contrast=a.jitter_contrast))
+    if a.jpeg_quality[0] < 100:
+        steps.append(RandomJPEG(a.jpeg_quality))
+    return v2.Compose(steps)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -113,9 +116,9 @@ class SeededTransform:
         return out
 
 
-def train_transform(seed: int = 42) -> SeededTransform:
-    """The training transform: the published augmentations, deterministic given `seed`."""
-    return SeededTransform(build_train_pipeline(), seed)
+def train_transform(seed: int = 42, settings: AugmentSettings | None = None) -> SeededTransform:
+    """The training transform: the recipe's augmentations, deterministic given `seed`."""
+    return SeededTransform(build_train_pipeline(settings), seed)
 
 
 def eval_transform(image: Tensor, index: int) -> Tensor:

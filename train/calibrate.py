@@ -2,14 +2,21 @@
 
 The threshold is the lowest score at which the validation FPR stays <= the target (so the TPR is as high
 as that constraint allows); video level by default because the worker labels media by the mean of its
-frames. The result goes into the checkpoint's ``extra`` (``threshold``, ``uncertain_band`` and a
-``calibration`` record), which `export` writes into the Triton model config.
+frames, by the worker's own rule (`worker.aggregate.media_score`). The result goes into the checkpoint's
+``extra`` (``threshold``, ``uncertain_band`` and a ``calibration`` record), which `export` writes into
+the Triton model config.
+
+A target FPR can only be resolved with enough real items: with n reals the achievable FPRs are k/n, so
+fewer than 1/FPR reals cannot tell the target apart from 0. Such a calibration still runs, but it warns
+and records the warning (``calibration.warnings``). The threshold is always a probability in [0, 1].
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+import math
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +39,8 @@ class Calibration:
     tpr: float
     n_real: int
     n_fake: int
+    n_uncertain: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     def as_extra(self) -> dict[str, Any]:
         return {
@@ -42,7 +51,14 @@ class Calibration:
             "tpr": self.tpr,
             "n_real": self.n_real,
             "n_fake": self.n_fake,
+            "n_uncertain": self.n_uncertain,
+            "warnings": list(self.warnings),
         }
+
+
+def min_reals_for(target_fpr: float) -> float:
+    """The fewest real items whose FPR steps (1/n) can resolve `target_fpr` (inf for a target of 0)."""
+    return float(math.ceil(1.0 / target_fpr)) if target_fpr > 0 else math.inf
 
 
 def choose_threshold(
@@ -51,8 +67,24 @@ def choose_threshold(
     """The calibration of one score set (already at the chosen level)."""
     if not 0.0 <= target_fpr <= 1.0:
         raise ValueError("target FPR must be in [0, 1]")
+    if not 0.0 <= uncertain_band <= 0.5:
+        raise ValueError("uncertain band must be in [0, 0.5]")
     thr = metrics.threshold_for_fpr(scores, labels, target_fpr)
     fpr, tpr = metrics.fpr_tpr_at(scores, labels, thr)
+    n_real, n_fake = int((labels == 0).sum()), int((labels == 1).sum())
+    unit = "videos" if level == "video" else "crops"
+    warnings: list[str] = []
+    if target_fpr == 0.0 or n_real < min_reals_for(target_fpr):
+        need = "more than any finite number of" if target_fpr == 0.0 else f"at least {min_reals_for(target_fpr):.0f}"
+        warnings.append(
+            f"split {split!r} has {n_real} real {unit}; resolving a target FPR of {target_fpr:g} needs {need} "
+            f"(the FPR moves in steps of 1/{max(n_real, 1)}): the threshold is not trustworthy at that target"
+        )
+    if fpr > target_fpr:
+        warnings.append(
+            f"achieved FPR {fpr:.4f} exceeds the target {target_fpr:g}: real {unit} scored 1.0 and a "
+            "threshold cannot exceed 1"
+        )
     return Calibration(
         thr,
         uncertain_band,
@@ -61,8 +93,10 @@ def choose_threshold(
         target_fpr,
         fpr,
         tpr,
-        int((labels == 0).sum()),
-        int((labels == 1).sum()),
+        n_real,
+        n_fake,
+        metrics.count_uncertain(scores, thr, uncertain_band),
+        warnings,
     )
 
 
@@ -82,15 +116,19 @@ def calibrate(
     """Score `split`, choose the threshold, and rewrite the checkpoint (or write `out`) with it."""
     from train.checkpoint import load_checkpoint, save_checkpoint
 
+    if not 0.0 <= target_fpr <= 1.0:
+        raise ValueError("target FPR must be in [0, 1]")
+    if level not in ("video", "frame"):
+        raise ValueError(f"level must be 'video' or 'frame', not {level!r}")
     dev = resolve_device(device)
-    detector, meta = load_checkpoint(checkpoint, device=dev, backbone_weights=backbone_weights)
     dataset = CropDataset(data, split=split, transform=eval_transform)
     if len(dataset) == 0:
-        raise ValueError(f"no crops in {data} for split {split!r}")
+        raise ValueError(f"{dataset.manifest_path}: no crops for split {split!r}")
+    detector, meta = load_checkpoint(checkpoint, device=dev, backbone_weights=backbone_weights)
     scores = score_dataset(detector, dataset, dev, batch_size, workers, desc=f"calibrate {split}")
     labels = np.asarray(dataset.labels, dtype=np.int64)
     if level == "video":
-        _, scores, labels = metrics.video_level(scores, labels, dataset.video_ids)
+        _, scores, labels = metrics.video_level(scores, labels, dataset.video_ids, dataset.frame_indices)
     elif level != "frame":
         raise ValueError(f"level must be 'video' or 'frame', not {level!r}")
     cal = choose_threshold(scores, labels, target_fpr, uncertain_band, level, split)
@@ -105,22 +143,22 @@ def register(subparsers: Any) -> None:
         "calibrate",
         help="choose the threshold for a target FPR on validation data; store it in the checkpoint",
     )
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path, required=True, help="dfmod checkpoint (rewritten unless --out)")
     p.add_argument("--data", type=Path, required=True, help="prepared folder (manifest.jsonl) or manifest file")
-    p.add_argument("--split", default="val")
-    p.add_argument("--target-fpr", type=float, default=0.05)
+    p.add_argument("--split", default="val", help="split to calibrate on")
+    p.add_argument("--target-fpr", type=float, default=0.05, help="false-positive rate to stay within")
     p.add_argument(
         "--uncertain-band",
         type=float,
         default=0.05,
         help="scores within threshold ± band are labelled 'uncertain' by the worker",
     )
-    p.add_argument("--level", choices=("video", "frame"), default="video")
+    p.add_argument("--level", choices=("video", "frame"), default="video", help="score level to calibrate")
     p.add_argument("--out", type=Path, default=None, help="write here instead of rewriting --checkpoint")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--backbone-weights", default=None)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--batch-size", type=int, default=256, help="scoring batch size")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--backbone-weights", default=None, help="backbone file when the checkpoint names a file hash")
     p.set_defaults(func=run)
 
 
@@ -142,11 +180,13 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title=f"calibration ({cal.level} level, split {cal.split})")
-    for col in ("threshold", "uncertain band", "target FPR", "achieved FPR", "TPR", "real", "fake"):
+    cols = ("threshold", "uncertain band", "in band", "target FPR", "achieved FPR", "TPR", "real", "fake")
+    for col in cols:
         table.add_column(col, justify="right")
     table.add_row(
         f"{cal.threshold:.6f}",
         f"±{cal.uncertain_band:.3f}",
+        str(cal.n_uncertain),
         f"{cal.target_fpr:.4f}",
         f"{cal.achieved_fpr:.4f}",
         f"{cal.tpr:.4f}",
@@ -154,5 +194,7 @@ def run(args: argparse.Namespace) -> int:
         str(cal.n_fake),
     )
     Console().print(table)
+    for w in cal.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     print(f"threshold {cal.threshold:.6f} written to {args.out or args.checkpoint}")
     return 0

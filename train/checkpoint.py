@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,7 +64,15 @@ def _plain(d: dict[str, Any]) -> dict[str, Any]:
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The raw payload (tensors on CPU); `weights_only` load, so a checkpoint cannot run code."""
-    payload: Any = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        raise ValueError(f"{path}: empty file, not a checkpoint")
+    try:
+        payload: Any = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise FileNotFoundError(f"{path}: no such checkpoint") from exc
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
+        raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupt: {reason})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path}: not a {FORMAT} checkpoint")
     return payload

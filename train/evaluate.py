@@ -2,7 +2,10 @@
 
 Writes ``metrics.json``, ``frame_scores.csv`` (one row per crop, for later analysis) and PNG plots (ROC
 curves, score histograms) into the output folder, and prints a table. The accuracy threshold is the
-checkpoint's calibrated ``extra["threshold"]`` when present, else 0.5.
+checkpoint's calibrated ``extra["threshold"]`` when present, else 0.5; items within its uncertain band
+are counted (``n_uncertain``). Video scores follow the worker's rule (`worker.aggregate.media_score`).
+``metrics.json`` also records the checkpoint's recipe and training config, so a number can always be
+traced back to how the model was trained.
 """
 
 from __future__ import annotations
@@ -30,6 +33,17 @@ from train.model import DeepfakeDetector, normalise
 
 ALL = "all"
 
+#: What each key of a metrics row means (written into metrics.json so nobody confuses AP with mAP).
+METRIC_DEFINITIONS = {
+    "auroc": "area under the ROC curve",
+    "ap": "average precision of the fake class (scikit-learn definition)",
+    "map": "reference mAP: mean over the real and fake classes of average precision (deepfake-detection val/mAP)",
+    "eer": "EER at the ROC point where FPR and FNR are closest (eer_threshold is its score)",
+    "eer_interp": "reference EER: FNR = FPR on the linearly interpolated ROC (brentq)",
+    "accuracy": "accuracy of score >= threshold -> fake",
+    "n_uncertain": "items within uncertain_band of threshold (labelled 'uncertain' by the worker)",
+}
+
 
 def resolve_device(device: str) -> str:
     """`auto` -> cuda when available, else cpu."""
@@ -38,9 +52,10 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def autocast_for(device: str) -> Any:
-    """bf16 autocast on CUDA (the published setting); CPU runs in fp32 (bf16 on CPU is slow and lossy)."""
-    if device.startswith("cuda"):
+def autocast_for(device: str, precision: str = "bf16-mixed") -> Any:
+    """bf16 autocast on CUDA for ``bf16-mixed`` (the published setting); CPU and ``32`` run in fp32
+    (bf16 on CPU is slow and lossy)."""
+    if device.startswith("cuda") and precision == "bf16-mixed":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
 
@@ -54,6 +69,7 @@ def score_dataset(
     workers: int = 0,
     progress: bool = True,
     desc: str = "score",
+    precision: str = "bf16-mixed",
 ) -> npt.NDArray[np.float64]:
     """p(fake) for every crop of `dataset`, in dataset order (whatever order batches arrive in)."""
     was_training = detector.training
@@ -62,7 +78,7 @@ def score_dataset(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
     for images, _, indices in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
         x = normalise(images.permute(0, 2, 3, 1).to(device, non_blocking=True))
-        with autocast_for(device):
+        with autocast_for(device, precision):
             logits, _ = detector(x)
         out[indices.numpy()] = torch.softmax(logits.float(), dim=-1)[:, 1].cpu().numpy()
     detector.train(was_training)
@@ -88,16 +104,19 @@ def by_dataset(scores: npt.NDArray[np.float64], dataset: CropDataset) -> dict[st
     out: dict[str, dict[str, LevelScores]] = {}
     for name, mask in groups.items():
         idx = np.flatnonzero(mask)
-        _, v_scores, v_labels = metrics.video_level(scores[idx], labels[idx], [vids[i] for i in idx])
+        frames = dataset.frame_indices
+        _, v_scores, v_labels = metrics.video_level(
+            scores[idx], labels[idx], [vids[i] for i in idx], [frames[i] for i in idx]
+        )
         out[name] = {"frame": LevelScores(scores[idx], labels[idx]), "video": LevelScores(v_scores, v_labels)}
     return out
 
 
 def compute_metrics(
-    levels: dict[str, dict[str, LevelScores]], threshold: float
+    levels: dict[str, dict[str, LevelScores]], threshold: float, uncertain_band: float = 0.0
 ) -> dict[str, dict[str, dict[str, float]]]:
     return {
-        name: {lvl: metrics.summary(ls.scores, ls.labels, threshold) for lvl, ls in per.items()}
+        name: {lvl: metrics.summary(ls.scores, ls.labels, threshold, uncertain_band) for lvl, ls in per.items()}
         for name, per in levels.items()
     }
 
@@ -122,7 +141,8 @@ def print_table(results: dict[str, dict[str, dict[str, float]]], title: str) -> 
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("dataset", "level", "n", "fake", "AUROC", "AP", "EER", "Acc"):
+    cols = ("dataset", "level", "n", "fake", "AUROC", "AP(fake)", "mAP(2-class)", "EER", "EER(interp)", "Acc")
+    for col in (*cols, "uncertain"):
         table.add_column(col, justify="left" if col in ("dataset", "level") else "right")
     for name, per in results.items():
         for lvl, m in per.items():
@@ -133,8 +153,11 @@ def print_table(results: dict[str, dict[str, dict[str, float]]], title: str) -> 
                 str(int(m["n_fake"])),
                 _fmt(m["auroc"]),
                 _fmt(m["ap"]),
+                _fmt(m["map"]),
                 _fmt(m["eer"]),
+                _fmt(m["eer_interp"]),
                 _fmt(m["accuracy"]),
+                str(int(m["n_uncertain"])),
             )
     Console().print(table)
 
@@ -161,25 +184,32 @@ def evaluate(
     """Score a split, write metrics.json / frame_scores.csv / plots, return the metrics document."""
     from train.checkpoint import load_checkpoint
 
+    split_name = split or ALL
     dev = resolve_device(device)
-    detector, meta = load_checkpoint(checkpoint, device=dev, backbone_weights=backbone_weights)
     dataset = CropDataset(data, split=split, transform=eval_transform)
     if len(dataset) == 0:
-        raise ValueError(f"no crops in {data} for split {split!r}")
-    threshold = float(meta.get("extra", {}).get("threshold", 0.5))
-    scores = score_dataset(detector, dataset, dev, batch_size, workers, desc=f"evaluate {split}")
+        raise ValueError(f"{dataset.manifest_path}: no crops for split {split_name!r}")
+    detector, meta = load_checkpoint(checkpoint, device=dev, backbone_weights=backbone_weights)
+    extra = meta.get("extra", {})
+    threshold = float(extra.get("threshold", 0.5))
+    band = float(extra.get("uncertain_band", 0.0))
+    scores = score_dataset(detector, dataset, dev, batch_size, workers, desc=f"evaluate {split_name}")
     levels = by_dataset(scores, dataset)
-    results = compute_metrics(levels, threshold)
+    results = compute_metrics(levels, threshold, band)
     out.mkdir(parents=True, exist_ok=True)
+    config = meta.get("config", {})
     doc = {
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": meta.get("sha256"),
         "arch": meta.get("arch"),
         "weights": meta.get("weights"),
         "data": str(data),
-        "split": split,
+        "split": split_name,
         "threshold": threshold,
-        "threshold_source": "checkpoint" if "threshold" in meta.get("extra", {}) else "default 0.5",
+        "threshold_source": "checkpoint" if "threshold" in extra else "default 0.5",
+        "uncertain_band": band,
+        "metric_definitions": METRIC_DEFINITIONS,
+        "training": {"recipe": config.get("recipe"), "config": config, "imported": meta.get("imported")},
         "metrics": results,
     }
     (out / "metrics.json").write_text(json.dumps(json_safe(doc), indent=2) + "\n", encoding="utf-8")
@@ -189,8 +219,16 @@ def evaluate(
 
         for lvl in ("frame", "video"):
             sel = {n: (per[lvl].scores, per[lvl].labels) for n, per in levels.items()}
-            plot_roc(sel, out / f"roc_{lvl}.png", title=f"ROC ({lvl} level, {split})")
-            plot_histograms(sel, out / f"hist_{lvl}.png", threshold, title=f"scores ({lvl} level, {split})")
+            unit = "videos" if lvl == "video" else "crops"
+            plot_roc(sel, out / f"roc_{lvl}.png", title=f"ROC ({lvl} level, split {split_name})")
+            plot_histograms(
+                sel,
+                out / f"hist_{lvl}.png",
+                threshold,
+                title=f"scores ({lvl} level, split {split_name})",
+                unit=unit,
+                band=band,
+            )
     return doc
 
 
@@ -198,15 +236,15 @@ def register(subparsers: Any) -> None:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "evaluate", help="frame/video AUROC, AP, EER, accuracy per dataset; metrics.json and plots"
     )
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path, required=True, help="dfmod checkpoint to evaluate")
     p.add_argument("--data", type=Path, required=True, help="prepared folder (manifest.jsonl) or manifest file")
     p.add_argument("--split", default="test", help="split to evaluate ('all' for every crop)")
     p.add_argument("--out", type=Path, required=True, help="folder for metrics.json and plots")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--batch-size", type=int, default=256, help="scoring batch size")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--backbone-weights", default=None, help="backbone file when the checkpoint names a file hash")
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.set_defaults(func=run)
 
 
@@ -223,6 +261,7 @@ def run(args: argparse.Namespace) -> int:
         args.backbone_weights,
         plots=not args.no_plots,
     )
-    print_table(doc["metrics"], f"evaluate {args.checkpoint} on {args.split} (threshold {doc['threshold']:.4f})")
+    title = f"evaluate {args.checkpoint} on split {doc['split']} (threshold {doc['threshold']:.4f}"
+    print_table(doc["metrics"], title + f", uncertain band ±{doc['uncertain_band']:.3f})")
     print(f"wrote {args.out / 'metrics.json'}")
     return 0

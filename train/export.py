@@ -193,6 +193,8 @@ def export_repository(
         raise ValueError(f"backend must be one of {BACKENDS}")
     if version < 1:
         raise ValueError("Triton model versions start at 1")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold {threshold!r} is not a probability in [0, 1]; recalibrate the checkpoint")
     start = time.perf_counter()
     detector = detector.cpu().eval()
     out_dir = Path(out_dir).resolve()

@@ -1,11 +1,17 @@
-"""`dfmod-train fit`: LN-tuning with the published recipe (DESIGN.md section 3) as defaults.
+"""`dfmod-train fit`: LN-tuning with a named recipe (`train.recipes`; default ``paper``).
 
 Only the visual tower's LayerNorms and the head train. Checkpoints (`save_checkpoint`) hold only those
 parameters plus the config: ``RUN_DIR/last.pt`` at every epoch end (and when ``--max-steps`` stops the
-run), ``RUN_DIR/best.pt`` for the best validation video AUROC when a ``val`` split exists.
+run), ``RUN_DIR/best.pt`` for the best validation score named by the recipe's ``select_by`` (the
+reference's ``val/mAP_video``: the mean over both classes of the video-level average precision).
+
+The run folder tells the truth (`train.run_folder`): ``run.json`` holds the recipe, every effective value
+and its source; ``history.json`` grows as each epoch ends; a used folder is refused unless resumed or
+overwritten; ``--resume`` restores the run's own hyper-parameters and refuses flags that contradict them
+unless ``--allow-override`` is given (the change is then recorded in ``history.json``).
 
 Resumability: the optimizer moments, scheduler and RNG states are tensors and do not belong in the
-deployable checkpoint, so they live in a sidecar ``RUN_DIR/last.state.pt`` whose name and sha256 are
+deployable checkpoint, so they live in a sidecar ``RUN_DIR/last.state-<step>.pt`` whose name and sha256 are
 recorded in ``last.pt``'s ``extra`` (with epoch/step). The batch order of an epoch, the augmentation of a
 sample and the slerp draws of a step are pure functions of (seed, epoch, index/step), so a run resumed
 from any saved point ends with the same parameters as one that was never interrupted.
@@ -14,12 +20,14 @@ from any saved point ends with the same parameters as one that was never interru
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
+import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,46 +37,122 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from train import metrics
-from train.augment import SeededTransform, eval_transform, sample_seed, train_transform
+from train import metrics, run_folder
+from train.augment import AugmentSettings, SeededTransform, eval_transform, sample_seed, train_transform
 from train.data.dataset import CropDataset, collate
 from train.evaluate import autocast_for, resolve_device, score_dataset
 from train.losses import Objective
 from train.model import normalise
+from train.recipes import (
+    DEFAULT_RECIPE,
+    HYPER_PARAMETERS,
+    LR_SCHEDULES,
+    PAPER,
+    PRECISIONS,
+    RECIPES,
+    SELECT_BY,
+    Recipe,
+    get_recipe,
+    recipe_from_hparams,
+)
 
-STATE_NAME = "last.state.pt"
+STATE_PREFIX = "last.state-"
+#: Architectures with published OpenAI weights: `fit` uses them unless told otherwise.
+PRETRAINED_ARCHES = ("ViT-L-14", "ViT-B-16", "ViT-B-32")
+#: What identifies a run besides its hyper-parameters; a resume may not change these silently either.
+IDENTITY = ("data", "arch", "weights", "recipe", "init")
+_P = PAPER.values()
 
 
 @dataclass
 class FitConfig:
-    """Every knob of a run; the defaults are the published recipe."""
+    """Every knob of a run. Hyper-parameter defaults are the ``paper`` recipe; `from_recipe` picks another."""
 
     data: Path
     out: Path
     arch: str = "ViT-L-14"
-    weights: str = "random-init"
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 8e-5
-    lr_min: float = 5e-5
-    weight_decay: float = 0.0  # applies to the head's weight only; norms and biases never decay
-    betas: tuple[float, float] = (0.9, 0.999)
-    seed: int = 42
-    label_smoothing: float = 0.0
-    uniformity_weight: float = 0.5
-    alignment_weight: float = 0.1
-    slerp: bool = True
-    augment: bool = True
+    weights: str | None = None  # None: OpenAI weights for a CLIP arch, random-init for `tiny`
+    recipe: str = DEFAULT_RECIPE
+    init: Path | None = None  # start from this dfmod checkpoint's trained parameters
+    # -- hyper-parameters: one per train.recipes.HYPER_PARAMETERS key
+    ce_weight: float = _P["ce_weight"]
+    label_smoothing: float = _P["label_smoothing"]
+    uniformity_weight: float = _P["uniformity_weight"]
+    alignment_weight: float = _P["alignment_weight"]
+    slerp: bool = _P["slerp"]
+    slerp_range: tuple[float, float] = _P["slerp_range"]
+    epochs: int = _P["epochs"]
+    batch_size: int = _P["batch_size"]
+    lr: float = _P["lr"]
+    lr_min: float = _P["lr_min"]
+    lr_schedule: str = _P["lr_schedule"]
+    warmup_epochs: float = _P["warmup_epochs"]
+    restart_epochs: float | None = _P["restart_epochs"]
+    weight_decay: float = _P["weight_decay"]  # matrices only (the head's weight); norms and biases never decay
+    betas: tuple[float, float] = _P["betas"]
+    seed: int = _P["seed"]
+    augment: bool = _P["augment"]
+    flip_p: float = _P["flip_p"]
+    affine_degrees: float = _P["affine_degrees"]
+    affine_translate: tuple[float, float] = _P["affine_translate"]
+    affine_scale: tuple[float, float] = _P["affine_scale"]
+    blur_p: float = _P["blur_p"]
+    blur_kernel: tuple[int, int] = _P["blur_kernel"]
+    blur_sigma: tuple[float, float] = _P["blur_sigma"]
+    jitter_brightness: float = _P["jitter_brightness"]
+    jitter_contrast: float = _P["jitter_contrast"]
+    jpeg_quality: tuple[int, int] = _P["jpeg_quality"]
+    select_by: str = _P["select_by"]
+    early_stopping_patience: int = _P["early_stopping_patience"]
+    precision: str = _P["precision"]
+    # -- run control: how this process runs, never part of the run's identity
     workers: int = 0
     device: str = "auto"
     resume: bool = False
+    overwrite: bool = False
+    allow_override: bool = False
     max_steps: int | None = None
     eval_batch_size: int = 256
     progress: bool = True
 
     def __post_init__(self) -> None:
         self.data, self.out = Path(self.data), Path(self.out)
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        self.init = Path(self.init) if self.init is not None else None
+        for name in ("slerp_range", "betas", "affine_translate", "affine_scale", "blur_sigma"):
+            a, b = getattr(self, name)
+            setattr(self, name, (float(a), float(b)))
+        for name in ("blur_kernel", "jpeg_quality"):
+            a, b = getattr(self, name)
+            setattr(self, name, (int(a), int(b)))
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, not {self.lr_schedule!r}")
+        if self.lr_schedule == "cosine-restarts" and not self.restart_epochs:
+            raise ValueError("lr_schedule 'cosine-restarts' needs restart_epochs > 0")
+        if self.select_by not in SELECT_BY:
+            raise ValueError(f"select_by must be one of {SELECT_BY}, not {self.select_by!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
+        if any(k % 2 == 0 or k < 1 for k in self.blur_kernel):
+            raise ValueError(f"blur_kernel sizes must be odd and positive, not {self.blur_kernel}")
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe | str, data: Path, out: Path, **overrides: Any) -> FitConfig:
+        """The recipe's values, then `overrides` (any field) on top."""
+        r = get_recipe(recipe) if isinstance(recipe, str) else recipe
+        return cls(data=data, out=out, **{"recipe": r.name, **r.values(), **overrides})
+
+    def hyper_parameters(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in HYPER_PARAMETERS}
+
+    def augment_settings(self) -> AugmentSettings:
+        return AugmentSettings(
+            **{f.name: getattr(self, f.name) for f in fields(AugmentSettings)}  # same names by design
+        )
+
+
+def default_weights(arch: str) -> str:
+    """OpenAI weights for the CLIP architectures (the method's backbone), random-init for test arches."""
+    return "openai" if arch in PRETRAINED_ARCHES else "random-init"
 
 
 @dataclass
@@ -80,6 +164,10 @@ class FitResult:
     epochs_completed: int
     history: list[dict[str, Any]] = field(default_factory=list)
     final_val: dict[str, float] | None = None
+
+    @property
+    def epochs(self) -> list[dict[str, Any]]:
+        return [h for h in self.history if h.get("event", "epoch") == "epoch"]
 
 
 def _seed_all(seed: int) -> None:
@@ -144,11 +232,87 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def lr_factor(step: int, cfg: FitConfig, steps_per_epoch: int) -> float:
+    """Multiplier of the base lr after `step` optimizer steps, as the reference's schedulers give it.
+
+    Optional linear warmup from lr_min to lr over ``warmup_epochs`` (GenD.py:336-345, LinearLR with
+    start_factor = min_lr / lr, chained by SequentialLR), then ``cosine`` (CosineAnnealingLR over all
+    epochs, dfdet.py:640-641), ``cosine-restarts`` (CosineAnnealingWarmRestarts, T_0 = restart_epochs,
+    T_mult = 1, GenD.py:329-333) or ``constant``; every cosine ends at lr_min.
+    """
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        start = cfg.lr_min / cfg.lr
+        return start + (1.0 - start) * step / warmup
+    k = step - warmup
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    if cfg.lr_schedule == "cosine":
+        return cosine_factor(k, cfg.epochs * steps_per_epoch, cfg.lr, cfg.lr_min)
+    cycle = max(int((cfg.restart_epochs or 0) * steps_per_epoch), 1)
+    return cosine_factor(k % cycle, cycle, cfg.lr, cfg.lr_min)
+
+
 def _config_dict(cfg: FitConfig) -> dict[str, Any]:
-    d = asdict(cfg)
-    d["data"], d["out"] = str(cfg.data), str(cfg.out)
-    d["betas"] = list(cfg.betas)
+    d: dict[str, Any] = run_folder.json_safe(asdict(cfg))
     return d
+
+
+def identity_and_hparams(cfg_dict: dict[str, Any]) -> dict[str, Any]:
+    """The keys a resume must keep: what identifies the run plus its hyper-parameters."""
+    return {k: cfg_dict[k] for k in (*IDENTITY, *HYPER_PARAMETERS) if k in cfg_dict}
+
+
+def imported_hparams(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The released model's own Lightning hparams, when the checkpoint was made by `dfmod-train import`."""
+    imported = meta.get("imported")
+    if isinstance(imported, dict) and isinstance(imported.get("hyper_parameters"), dict):
+        hp: dict[str, Any] = imported["hyper_parameters"]
+        return hp
+    return None
+
+
+def resolve_recipe(cfg: FitConfig, init_meta: dict[str, Any] | None) -> Recipe:
+    """The Recipe object `cfg.recipe` names (an ``imported:`` one is rebuilt from the init checkpoint)."""
+    if cfg.recipe.startswith("imported:"):
+        hp = imported_hparams(init_meta or {})
+        if hp is None:
+            raise ValueError(f"recipe {cfg.recipe!r} needs --init with an imported checkpoint")
+        return recipe_from_hparams(hp, str(cfg.init))
+    return get_recipe(cfg.recipe)
+
+
+def split_counts(data: Path) -> dict[str, dict[str, int]]:
+    """{split: {"crops", "real", "fake", "videos"}} over the whole manifest (for the start-up block)."""
+    ds = CropDataset(data)
+    out: dict[str, dict[str, int]] = {}
+    for split in sorted({r.split for r in ds.records}):
+        recs = [r for r in ds.records if r.split == split]
+        labels = Counter(r.label for r in recs)
+        out[split] = {
+            "crops": len(recs),
+            "real": labels.get(0, 0),
+            "fake": labels.get(1, 0),
+            "videos": len({r.video_id for r in recs}),
+        }
+    return out
+
+
+def _weights_identity(arch: str, weights: str) -> str:
+    """The backbone weights and a hash of their file, for the start-up block."""
+    from train.factory import ARCHES, _openai_weights_file, sha256_file
+
+    if weights == "random-init":
+        return "random-init (seeded; NOT pretrained)"
+    if weights == "openai":
+        try:
+            path = _openai_weights_file(ARCHES[arch])
+            return f"openai ({path.name}, sha256 {sha256_file(path)[:16]})"
+        except Exception:  # the detector was built, so the weights were there; the hash is best-effort
+            return "openai"
+    if weights.startswith("sha256:"):
+        return f"file with {weights}"
+    return f"{weights} (sha256 {sha256_file(weights)[:16]})"
 
 
 class Trainer:
@@ -156,45 +320,94 @@ class Trainer:
 
     def __init__(self, cfg: FitConfig) -> None:
         from train.checkpoint import load_checkpoint
-        from train.factory import create_detector
+        from train.factory import create_detector, sha256_file
 
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        cfg.out.mkdir(parents=True, exist_ok=True)
-        _seed_all(cfg.seed)
-        self.augment: SeededTransform | None = train_transform(cfg.seed) if cfg.augment else None
-        self.train_set = CropDataset(cfg.data, split="train", transform=self.augment or eval_transform)
+        last = cfg.out / "last.pt"
+        # Everything that can fail on user input is checked before the run folder is touched.
+        self.train_set = CropDataset(cfg.data, split="train", transform=eval_transform)
         if len(self.train_set) == 0:
-            raise ValueError(f"no training crops (split 'train') in {cfg.data}")
+            raise ValueError(f"{self.train_set.manifest_path}: no training crops (split 'train')")
         val = CropDataset(cfg.data, split="val", transform=eval_transform)
         self.val_set = val if len(val) else None
+        resuming = cfg.resume and last.is_file()
+        if cfg.weights is None:
+            cfg.weights = default_weights(cfg.arch)
+        stored: dict[str, Any] | None = None
+        init_meta: dict[str, Any] | None = None
+        state: dict[str, Any] | None = None
+        self.overrides: dict[str, tuple[Any, Any]] = {}
+        from train.checkpoint import read_checkpoint
+
+        if cfg.init is not None:
+            init_arch = read_checkpoint(cfg.init)["arch"]
+            if init_arch != cfg.arch:
+                raise ValueError(f"{cfg.init}: checkpoint is for arch {init_arch}, not {cfg.arch}")
+        if resuming:
+            stored = identity_and_hparams(read_checkpoint(last)["config"])
+            self.overrides = run_folder.conflicts(stored, identity_and_hparams(_config_dict(cfg)))
+            fixed = sorted(set(self.overrides) & {"arch", "weights", "init"})
+            if fixed:
+                raise run_folder.RunFolderError(
+                    f"{last}: a resumed run keeps its {', '.join(fixed)} "
+                    f"({'; '.join(f'{k}: {self.overrides[k][0]!r}' for k in fixed)}); start a new run to change them"
+                )
+            if self.overrides and not cfg.allow_override:
+                changes = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in _rows(self.overrides))
+                raise run_folder.RunFolderError(
+                    f"{last}: --resume would change the run's own settings ({changes}); drop those flags, "
+                    "or pass --allow-override to change them (recorded in history.json)"
+                )
+        previous_run = run_folder.claim(cfg.out, cfg.resume, cfg.overwrite)
+        if cfg.resume and not resuming:
+            print(f"--resume: no {last} yet, starting a new run", file=sys.stderr)
+        if cfg.init is not None and resuming:  # the parameters come from last.pt; only the record is needed
+            init_meta = {k: v for k, v in read_checkpoint(cfg.init).items() if k != "state_dict"}
+            init_meta["sha256"] = sha256_file(cfg.init)
+        elif cfg.init is not None:
+            detector, init_meta = load_checkpoint(cfg.init, device="cpu", backbone_weights=_file_or_none(cfg.weights))
+            if not _file_or_none(cfg.weights):
+                cfg.weights = str(detector.weights)  # the backbone the checkpoint was trained on, as recorded
+        self.recipe = resolve_recipe(cfg, init_meta)
+        if resuming:
+            self.detector, meta = load_checkpoint(last, device=self.device, backbone_weights=_file_or_none(cfg.weights))
+            if self.detector.arch != cfg.arch:
+                raise ValueError(f"{last}: checkpoint is for arch {self.detector.arch}, not {cfg.arch}")
+            state = self._read_state(meta)
+        elif cfg.init is not None:
+            self.detector = detector.to(self.device)
+        else:
+            if cfg.weights == "random-init" and cfg.arch in PRETRAINED_ARCHES:
+                print(f"warning: {cfg.arch} with random-init weights: the backbone is NOT pretrained", file=sys.stderr)
+            self.detector = create_detector(cfg.arch, cfg.weights, device=self.device, seed=cfg.seed)
+        run_folder.clear(cfg.out, previous_run)  # --overwrite: only now that the new run could be built
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        _seed_all(cfg.seed)
+        self.augment: SeededTransform | None = (
+            train_transform(cfg.seed, cfg.augment_settings()) if cfg.augment else None
+        )
+        self.train_set.transform = self.augment or eval_transform
         self.steps_per_epoch = math.ceil(len(self.train_set) / cfg.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.epochs
 
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
         self.best_metric = -math.inf
+        self.epochs_since_best = 0
         self.epoch_loss_sum, self.epoch_samples = 0.0, 0  # running mean of the current epoch's loss
         self.history: list[dict[str, Any]] = []
-        state: dict[str, Any] | None = None
-        last = cfg.out / "last.pt"
-        backbone = None if cfg.weights in ("random-init", "openai") else cfg.weights
-        if cfg.resume and last.is_file():
-            self.detector, meta = load_checkpoint(last, device=self.device, backbone_weights=backbone)
-            state = self._read_state(meta)
-        else:
-            if cfg.resume:
-                print(f"--resume: no {last}, starting a new run")
-            self.detector = create_detector(cfg.arch, cfg.weights, device=self.device, seed=cfg.seed)
         self.detector.apply_ln_tuning()
         self.optimizer = torch.optim.AdamW(param_groups(self.detector, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: cosine_factor(s, self.total_steps, cfg.lr, cfg.lr_min)
+            self.optimizer, lambda s: lr_factor(s, cfg, self.steps_per_epoch)
         )
         self.objective = Objective(
+            ce_weight=cfg.ce_weight,
             label_smoothing=cfg.label_smoothing,
             uniformity_weight=cfg.uniformity_weight,
             alignment_weight=cfg.alignment_weight,
             slerp=cfg.slerp,
+            slerp_range=cfg.slerp_range,
         )
         if state is not None:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -206,14 +419,111 @@ class Trainer:
                 state["step"],
             )
             self.best_metric = state["best_metric"]
+            self.epochs_since_best = int(state.get("epochs_since_best", 0))
             self.epoch_loss_sum, self.epoch_samples = state["epoch_loss_sum"], state["epoch_samples"]
             self.history = list(state["history"])
+        self.startup = self._startup_info(init_meta)
+        self._write_run_json(resumed=state is not None)
+        if self.overrides:
+            self.history.append(
+                {
+                    "event": "override",
+                    "epoch": self.epoch,
+                    "step": self.step,
+                    "changes": {k: {"was": a, "now": b} for k, a, b in _rows(self.overrides)},
+                }
+            )
+            run_folder.write_json(cfg.out / run_folder.HISTORY_JSON, self.history)
+
+    # -- what the run folder says about the run --------------------------------------------------------
+
+    def _sources(self) -> dict[str, str]:
+        recipe_values, recipe_sources = self.recipe.values(), self.recipe.sources()
+        out: dict[str, str] = {}
+        for k, v in self.cfg.hyper_parameters().items():
+            same = run_folder.json_safe(v) == run_folder.json_safe(recipe_values[k])
+            out[k] = recipe_sources[k] if same else f"set explicitly (recipe {self.recipe.name}: {recipe_values[k]!r})"
+        return out
+
+    def _startup_info(self, init_meta: dict[str, Any] | None) -> dict[str, Any]:
+        cfg = self.cfg
+        on_cuda = self.device.startswith("cuda")
+        precision = "bf16 autocast" if on_cuda and cfg.precision == "bf16-mixed" else "fp32"
+        if cfg.precision == "bf16-mixed" and not on_cuda:
+            precision += " (bf16-mixed applies on CUDA only)"
+        differs = {k: v for k, v in self._sources().items() if v.startswith("set explicitly")}
+        return {
+            "arch": cfg.arch,
+            "feature_dim": self.detector.feature_dim,
+            "weights": _weights_identity(cfg.arch, str(self.detector.weights)),
+            "init": None
+            if init_meta is None
+            else {"path": str(cfg.init), "sha256": init_meta.get("sha256"), "imported": init_meta.get("imported")},
+            "recipe": self.recipe.name,
+            "set_explicitly": sorted(differs),
+            "device": self.device,
+            "precision": precision,
+            "crops": split_counts(cfg.data),
+            "steps_per_epoch": self.steps_per_epoch,
+            "total_steps": self.total_steps,
+        }
+
+    def _write_run_json(self, resumed: bool) -> None:
+        path = self.cfg.out / run_folder.RUN_JSON
+        doc: dict[str, Any] = run_folder.read_json(path) if resumed and path.is_file() else {}
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        from worker.version import __version__
+
+        doc.setdefault("started", now)
+        doc.update(
+            {
+                "dfmod_version": __version__,
+                "recipe": self.recipe.name,
+                "recipe_description": self.recipe.description,
+                "config": _config_dict(self.cfg),
+                "sources": self._sources(),
+                "startup": self.startup,
+            }
+        )
+        if resumed:
+            doc.setdefault("resumes", []).append(
+                {"at": now, "step": self.step, "overrides": {k: [a, b] for k, a, b in _rows(self.overrides)}}
+            )
+        run_folder.write_json(path, doc)
+
+    def print_startup(self) -> None:
+        info, cfg = self.startup, self.cfg
+        order = sorted(info["crops"], key=lambda s: ("train", "val", "test", s).index(s))
+        crops = "\n            ".join(
+            f"{s:5s} {c['crops']} crops ({c['real']} real, {c['fake']} fake) from {c['videos']} videos"
+            for s, c in ((s, info["crops"][s]) for s in order)
+        )
+        lines = [
+            f"fit -> {cfg.out}",
+            f"  arch      {info['arch']} (feature dim {info['feature_dim']})",
+            f"  weights   {info['weights']}",
+        ]
+        if info["init"]:
+            lines.append(f"  init      {info['init']['path']} (sha256 {str(info['init']['sha256'])[:16]})")
+        explicit = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in info["set_explicitly"]) or "none"
+        lines += [
+            f"  recipe    {info['recipe']}; set explicitly: {explicit}",
+            f"  device    {info['device']}, {info['precision']}",
+            f"  data      {crops}",
+            f"  schedule  {cfg.epochs} epochs x {info['steps_per_epoch']} steps, batch {cfg.batch_size}, "
+            f"lr {cfg.lr:g} -> {cfg.lr_min:g} ({cfg.lr_schedule}), best by {cfg.select_by}",
+        ]
+        if self.step:
+            lines.append(f"  resuming  at epoch {self.epoch + 1}, step {self.step}")
+        print("\n".join(lines), flush=True)
 
     def _read_state(self, meta: dict[str, Any]) -> dict[str, Any]:
         from train.factory import sha256_file
 
         extra = meta.get("extra", {})
-        path = self.cfg.out / extra.get("resume_state", STATE_NAME)
+        path = self.cfg.out / str(extra.get("resume_state", ""))
+        if not extra.get("resume_state"):
+            raise ValueError(f"{self.cfg.out / 'last.pt'} names no optimizer/RNG state file; cannot resume exactly")
         if not path.is_file():
             raise FileNotFoundError(f"{path} (optimizer/RNG state of last.pt) is missing; cannot resume exactly")
         if extra.get("resume_state_sha256") and sha256_file(path) != extra["resume_state_sha256"]:
@@ -227,7 +537,10 @@ class Trainer:
         from train.checkpoint import save_checkpoint
         from train.factory import sha256_file
 
-        state_path = self.cfg.out / STATE_NAME
+        # A new state file per save, named in last.pt: a kill between the two writes leaves last.pt
+        # pointing at the state file it was written with, never at one that changed under it.
+        state_name = f"{STATE_PREFIX}{self.step:09d}.pt"
+        state_path = self.cfg.out / state_name
         tmp = state_path.with_suffix(".tmp")
         torch.save(
             {
@@ -238,6 +551,7 @@ class Trainer:
                 "batch_in_epoch": self.batch_in_epoch,
                 "step": self.step,
                 "best_metric": self.best_metric,
+                "epochs_since_best": self.epochs_since_best,
                 "epoch_loss_sum": self.epoch_loss_sum,
                 "epoch_samples": self.epoch_samples,
                 "history": self.history,
@@ -250,11 +564,15 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "step": self.step,
             "total_steps": self.total_steps,
-            "resume_state": STATE_NAME,
+            "resume_state": state_name,
             "resume_state_sha256": sha256_file(state_path),
+            "recipe": self.recipe.name,
             "val": val,
         }
         save_checkpoint(self.cfg.out / "last.pt", self.detector, _config_dict(self.cfg), extra)
+        for old in self.cfg.out.glob(f"{STATE_PREFIX}*.pt"):
+            if old.name != state_name:
+                old.unlink(missing_ok=True)
 
     def _validate(self) -> dict[str, float] | None:
         if self.val_set is None:
@@ -267,14 +585,18 @@ class Trainer:
             self.cfg.workers,
             progress=self.cfg.progress,
             desc="val",
+            precision=self.cfg.precision,
         )
         labels = np.asarray(self.val_set.labels)
-        _, v_scores, v_labels = metrics.video_level(scores, labels, self.val_set.video_ids)
+        _, v_scores, v_labels = metrics.video_level(scores, labels, self.val_set.video_ids, self.val_set.frame_indices)
         return {
             "frame_auroc": metrics.auroc(scores, labels),
+            "frame_map": metrics.mean_average_precision(scores, labels),
             "video_auroc": metrics.auroc(v_scores, v_labels),
+            "video_map": metrics.mean_average_precision(v_scores, v_labels),
             "video_ap": metrics.average_precision(v_scores, v_labels),
             "video_eer": metrics.eer(v_scores, v_labels)[0],
+            "video_eer_interp": metrics.eer_interpolated(v_scores, v_labels),
         }
 
     # -- loop --------------------------------------------------------------------------------------------
@@ -293,7 +615,7 @@ class Trainer:
         x = normalise(images.permute(0, 2, 3, 1).to(self.device, non_blocking=True))
         y = labels.to(self.device)
         gen = torch.Generator().manual_seed(sample_seed(self.cfg.seed, -1, self.step))
-        with autocast_for(self.device):
+        with autocast_for(self.device, self.cfg.precision):
             feats = self.detector.features(x)
         loss, parts = self.objective(self.detector.head, feats.float(), y, generator=gen)
         self.optimizer.zero_grad(set_to_none=True)
@@ -305,7 +627,7 @@ class Trainer:
     def run(self) -> FitResult:
         cfg = self.cfg
         self.detector.train()
-        stopped = self._reached_max_steps()
+        stopped = self._reached_max_steps() or self._early_stop()
         val: dict[str, float] | None = None
         while self.epoch < cfg.epochs and not stopped:
             if self.augment is not None:
@@ -337,9 +659,14 @@ class Trainer:
             epoch_done = self.batch_in_epoch >= len(batches)
             if epoch_done:
                 val = self._validate()
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                if val is not None:
+                    self._maybe_save_best(val)
                 self.history.append(
                     {
-                        "epoch": self.epoch + 1,
+                        "event": "epoch",
+                        "epoch": self.epoch,
                         "step": self.step,
                         "loss": self.epoch_loss_sum / max(self.epoch_samples, 1),
                         "lr": self.scheduler.get_last_lr()[0],
@@ -347,11 +674,10 @@ class Trainer:
                         **(val or {}),
                     }
                 )
-                self.epoch += 1
-                self.batch_in_epoch = 0
-                if val is not None:
-                    self._maybe_save_best(val)
+                stopped = stopped or self._early_stop()
             self._save(val if epoch_done else None)
+            if epoch_done:  # after last.pt, so history.json never lists an epoch the checkpoints lack
+                run_folder.write_json(cfg.out / run_folder.HISTORY_JSON, self.history)
         best = cfg.out / "best.pt"
         return FitResult(
             cfg.out,
@@ -366,21 +692,52 @@ class Trainer:
     def _reached_max_steps(self) -> bool:
         return self.cfg.max_steps is not None and self.step >= self.cfg.max_steps
 
+    def _early_stop(self) -> bool:
+        patience = self.cfg.early_stopping_patience
+        return patience > 0 and self.epochs_since_best >= patience
+
+    def _selection_score(self, val: dict[str, float]) -> tuple[float, str]:
+        """The recipe's selection metric; the frame-level one when the video one is undefined."""
+        key = {"val_video_map": "map", "val_video_auroc": "auroc"}[self.cfg.select_by]
+        if not math.isnan(val[f"video_{key}"]):
+            return val[f"video_{key}"], f"val video {key}"
+        return val[f"frame_{key}"], f"val frame {key} (video {key} undefined)"
+
     def _maybe_save_best(self, val: dict[str, float]) -> None:
-        """best.pt by validation video AUROC (frame AUROC when the video one is undefined)."""
+        """best.pt by the recipe's `select_by` (reference: val/mAP_video, mode max)."""
         from train.checkpoint import save_checkpoint
 
-        score = val["video_auroc"] if not math.isnan(val["video_auroc"]) else val["frame_auroc"]
+        score, name = self._selection_score(val)
         if math.isnan(score) or score <= self.best_metric:
+            self.epochs_since_best += 1
             return
         self.best_metric = score
-        extra = {"epoch": self.epoch, "step": self.step, "val": val, "selected_by": "val video AUROC"}
+        self.epochs_since_best = 0
+        extra = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "val": val,
+            "selected_by": name,
+            "recipe": self.recipe.name,
+        }
         save_checkpoint(self.cfg.out / "best.pt", self.detector, _config_dict(self.cfg), extra)
 
 
-def fit(config: FitConfig) -> FitResult:
+def _rows(changes: dict[str, tuple[Any, Any]]) -> list[tuple[str, Any, Any]]:
+    return [(k, a, b) for k, (a, b) in changes.items()]
+
+
+def _file_or_none(weights: str | None) -> str | None:
+    """The backbone file to pass to `load_checkpoint` (None for the named sources)."""
+    return None if weights in (None, "random-init", "openai") or str(weights).startswith("sha256:") else weights
+
+
+def fit(config: FitConfig, announce: bool = False) -> FitResult:
     """Train (or resume) a run; see the module docstring for what lands in `config.out`."""
-    return Trainer(config).run()
+    trainer = Trainer(config)
+    if announce:
+        trainer.print_startup()
+    return trainer.run()
 
 
 def print_summary(result: FitResult) -> None:
@@ -388,9 +745,10 @@ def print_summary(result: FitResult) -> None:
     from rich.table import Table
 
     table = Table(title=f"fit {result.run_dir}")
-    for col in ("epoch", "step", "loss", "lr", "faces/s", "val frame AUROC", "val video AUROC"):
+    cols = ("epoch", "step", "loss", "lr", "faces/s", "val frame AUROC", "val video AUROC", "val video mAP")
+    for col in cols:
         table.add_column(col, justify="right")
-    for h in result.history:
+    for h in result.epochs:
 
         def pct(key: str, row: dict[str, Any] = h) -> str:
             v = row.get(key)
@@ -404,63 +762,165 @@ def print_summary(result: FitResult) -> None:
             f"{h['faces_per_s']:.1f}",
             pct("frame_auroc"),
             pct("video_auroc"),
+            pct("video_map"),
         )
     Console().print(table)
     print(f"last: {result.last_checkpoint}" + (f"  best: {result.best_checkpoint}" if result.best_checkpoint else ""))
 
 
+# -- command line --------------------------------------------------------------------------------------
+
+#: (flag, FitConfig field, argparse kwargs) of every hyper-parameter flag; default None = "from the recipe".
+_HP_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
+    ("--epochs", "epochs", {"type": int}),
+    ("--batch-size", "batch_size", {"type": int}),
+    ("--lr", "lr", {"type": float}),
+    ("--lr-min", "lr_min", {"type": float}),
+    ("--lr-schedule", "lr_schedule", {"choices": LR_SCHEDULES}),
+    ("--warmup-epochs", "warmup_epochs", {"type": float}),
+    ("--restart-epochs", "restart_epochs", {"type": float}),
+    ("--weight-decay", "weight_decay", {"type": float}),
+    ("--betas", "betas", {"type": float, "nargs": 2, "metavar": ("B1", "B2")}),
+    ("--seed", "seed", {"type": int}),
+    ("--ce-weight", "ce_weight", {"type": float}),
+    ("--label-smoothing", "label_smoothing", {"type": float}),
+    ("--uniformity-weight", "uniformity_weight", {"type": float}),
+    ("--alignment-weight", "alignment_weight", {"type": float}),
+    ("--slerp", "slerp", {"action": argparse.BooleanOptionalAction}),
+    ("--slerp-range", "slerp_range", {"type": float, "nargs": 2, "metavar": ("T0", "T1")}),
+    ("--augment", "augment", {"action": argparse.BooleanOptionalAction}),
+    ("--flip-p", "flip_p", {"type": float}),
+    ("--affine-degrees", "affine_degrees", {"type": float}),
+    ("--affine-translate", "affine_translate", {"type": float, "nargs": 2, "metavar": ("X", "Y")}),
+    ("--affine-scale", "affine_scale", {"type": float, "nargs": 2, "metavar": ("LO", "HI")}),
+    ("--blur-p", "blur_p", {"type": float}),
+    ("--blur-kernel", "blur_kernel", {"type": int, "nargs": 2, "metavar": ("W", "H")}),
+    ("--blur-sigma", "blur_sigma", {"type": float, "nargs": 2, "metavar": ("LO", "HI")}),
+    ("--jitter-brightness", "jitter_brightness", {"type": float}),
+    ("--jitter-contrast", "jitter_contrast", {"type": float}),
+    ("--jpeg-quality", "jpeg_quality", {"type": int, "nargs": 2, "metavar": ("LO", "HI")}),
+    ("--select-by", "select_by", {"choices": SELECT_BY}),
+    ("--early-stopping-patience", "early_stopping_patience", {"type": int}),
+    ("--precision", "precision", {"choices": PRECISIONS}),
+]
+
+
+_HP_HELP = {
+    "epochs": "training epochs",
+    "batch_size": "crops per optimizer step",
+    "lr": "peak learning rate",
+    "lr_min": "final (and warmup start) learning rate",
+    "lr_schedule": "learning-rate schedule, per step",
+    "warmup_epochs": "linear warmup from lr-min, in epochs",
+    "restart_epochs": "cosine-restarts cycle length, in epochs",
+    "weight_decay": "AdamW weight decay of the head's weight matrix",
+    "betas": "AdamW betas",
+    "seed": "seed of batches, augmentation, slerp and random init",
+    "ce_weight": "cross-entropy weight",
+    "label_smoothing": "cross-entropy label smoothing",
+    "uniformity_weight": "hypersphere uniformity loss weight",
+    "alignment_weight": "label-aware alignment loss weight",
+    "slerp": "replace features by same-class slerp interpolations",
+    "slerp_range": "range of the slerp t",
+    "augment": "image augmentations",
+    "flip_p": "horizontal flip probability",
+    "affine_degrees": "random rotation, degrees",
+    "affine_translate": "random translation, fraction of size",
+    "affine_scale": "random scale range",
+    "blur_p": "Gaussian blur probability (1 = every image)",
+    "blur_kernel": "Gaussian blur kernel, width height",
+    "blur_sigma": "Gaussian blur sigma range",
+    "jitter_brightness": "colour jitter brightness",
+    "jitter_contrast": "colour jitter contrast",
+    "jpeg_quality": "JPEG re-encoding quality range (100 100 = off)",
+    "select_by": "metric that picks best.pt",
+    "early_stopping_patience": "stop after this many epochs without a better best.pt (0 = never)",
+    "precision": "bf16-mixed (autocast on CUDA) or 32",
+}
+
+
+def _recipe_default_help(key: str) -> str:
+    vals = ", ".join(f"{name} {RECIPES[name].settings[key].value!r}" for name in RECIPES)
+    return f"{_HP_HELP[key]} (default: the recipe's: {vals})"
+
+
 def register(subparsers: Any) -> None:
-    d = FitConfig(data=Path("."), out=Path("."))
-    p: argparse.ArgumentParser = subparsers.add_parser("fit", help="LN-tune a detector on prepared crops")
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "fit", help="LN-tune a detector on prepared crops with a named recipe"
+    )
     p.add_argument("--data", type=Path, required=True, help="prepared folder (manifest.jsonl) or manifest file")
-    p.add_argument("--arch", required=True, help="ViT-L-14 (paper), ViT-B-16, ViT-B-32, tiny")
-    p.add_argument("--weights", default=d.weights, help="random-init | openai | PATH to backbone weights")
-    p.add_argument("--out", type=Path, required=True, help="run folder (last.pt, best.pt)")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--lr-min", type=float, default=d.lr_min)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    p.add_argument("--uniformity-weight", type=float, default=d.uniformity_weight)
-    p.add_argument("--alignment-weight", type=float, default=d.alignment_weight)
-    p.add_argument("--slerp", action=argparse.BooleanOptionalAction, default=d.slerp)
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=d.augment)
-    p.add_argument("--workers", type=int, default=d.workers)
-    p.add_argument("--device", default=d.device, help="auto | cpu | cuda[:N]")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument("--out", type=Path, required=True, help="run folder (run.json, history.json, last.pt, best.pt)")
+    p.add_argument(
+        "--arch",
+        default=None,
+        help="ViT-L-14 (paper), ViT-B-16, ViT-B-32, tiny (default: the --init/--resume checkpoint's, else ViT-L-14)",
+    )
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="openai | PATH to backbone weights | random-init (must be asked for by name) "
+        "(default: openai for ViT-*, random-init for tiny)",
+    )
+    p.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default=None,
+        help=f"named recipe; `python -m train.recipes --sources` cites every value "
+        f"(default: {DEFAULT_RECIPE}, or the --init checkpoint's own hyper_parameters when imported)",
+    )
+    p.add_argument("--init", type=Path, default=None, help="start from this dfmod checkpoint (default: none)")
+    for flag, key, kw in _HP_FLAGS:
+        p.add_argument(flag, dest=key, default=None, help=_recipe_default_help(key), **kw)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR's run with its own settings")
+    p.add_argument(
+        "--allow-override",
+        action="store_true",
+        help="with --resume: let flags change the run's settings (recorded in history.json)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="clear RUN_DIR's previous run (best.pt included) first")
     p.add_argument("--max-steps", type=int, default=None, help="stop (and save) after this many steps in all")
-    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--eval-batch-size", type=int, default=256, help="validation batch size")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(func=run)
 
 
+def config_from_args(args: argparse.Namespace) -> FitConfig:
+    """Flags over (the resumed run's settings | the --init checkpoint's hyper_parameters | the recipe)."""
+    from train.checkpoint import read_checkpoint
+
+    explicit: dict[str, Any] = {key: getattr(args, key) for _, key, _ in _HP_FLAGS if getattr(args, key) is not None}
+    for key in ("arch", "weights", "recipe", "init"):
+        if getattr(args, key) is not None:
+            explicit[key] = getattr(args, key)
+    control = {
+        "workers": args.workers,
+        "device": args.device,
+        "resume": args.resume,
+        "overwrite": args.overwrite,
+        "allow_override": args.allow_override,
+        "max_steps": args.max_steps,
+        "eval_batch_size": args.eval_batch_size,
+        "progress": args.progress,
+    }
+    last = args.out / "last.pt"
+    if args.resume and last.is_file():
+        stored = identity_and_hparams(read_checkpoint(last)["config"])
+        return FitConfig(**{**stored, "data": args.data, "out": args.out, **explicit, **control})
+    recipe = get_recipe(args.recipe or DEFAULT_RECIPE)
+    base: dict[str, Any] = {}
+    if args.init is not None:
+        payload = read_checkpoint(args.init)
+        base["arch"], base["weights"] = payload["arch"], payload["weights"]
+        hp = imported_hparams(payload)
+        if hp is not None and args.recipe is None:  # the released model's own settings are the default
+            recipe = recipe_from_hparams(hp, str(args.init))
+    base |= {"recipe": recipe.name, **recipe.values()}
+    return FitConfig(data=args.data, out=args.out, **{**base, **explicit, **control})
+
+
 def run(args: argparse.Namespace) -> int:
-    cfg = FitConfig(
-        data=args.data,
-        out=args.out,
-        arch=args.arch,
-        weights=args.weights,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        lr_min=args.lr_min,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-        label_smoothing=args.label_smoothing,
-        uniformity_weight=args.uniformity_weight,
-        alignment_weight=args.alignment_weight,
-        slerp=args.slerp,
-        augment=args.augment,
-        workers=args.workers,
-        device=args.device,
-        resume=args.resume,
-        max_steps=args.max_steps,
-        eval_batch_size=args.eval_batch_size,
-        progress=args.progress,
-    )
-    result = fit(cfg)
+    result = fit(config_from_args(args), announce=True)
     print_summary(result)
-    (cfg.out / "history.json").write_text(json.dumps(result.history, indent=2, default=str) + "\n")
     return 0

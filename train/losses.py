@@ -1,4 +1,9 @@
-"""The training objective of DESIGN.md section 3: cross-entropy plus optional hypersphere terms and slerp.
+"""The training objective: weighted cross-entropy plus optional hypersphere terms, after optional slerp.
+
+The step follows the reference implementations (yermandy/deepfake-detection@0b872f7 src/model/dfdet.py:
+273-334, src/loss.py:40-69, src/losses/unifalign.py; GenD@e03532d src/model/GenD.py:194-218): slerp
+REPLACES each training feature by an interpolation towards a same-class partner (so CE sees N rows, not
+2N), and the uniformity/alignment terms are computed on the features the head saw.
 
 Every feature handed to these functions is expected to be L2-normalised (the detector's `features`).
 The hypersphere terms are computed in float32 whatever the autocast dtype, because exp(-2 d^2) of bf16
@@ -7,6 +12,7 @@ distances loses most of its precision near the optimum.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,16 +33,21 @@ def _pairwise_sq_dists(z: Tensor) -> Tensor:
     return d2[i, j].clamp_min(0.0)
 
 
-def uniformity_loss(z: Tensor, t: float = 2.0) -> Tensor:
-    """log mean_{i<j} exp(-t ||z_i - z_j||^2) (Wang & Isola); lower means more uniformly spread.
+#: The reference clamps mean(exp(.)) at this value before the log (unifalign.py:49,63).
+UNIFORMITY_CLIP = 1e-6
 
-    Fewer than two features have no pairs: the loss is 0 (and carries no gradient).
+
+def uniformity_loss(z: Tensor, t: float = 2.0) -> Tensor:
+    """log max(mean_{i<j} exp(-t ||z_i - z_j||^2), 1e-6) (Wang & Isola, clamped as the reference does).
+
+    Lower means more uniformly spread. Fewer than two features have no pairs: the loss is 0.
     """
     if z.shape[0] < 2:
         return z.new_zeros((), dtype=torch.float32)
     d2 = _pairwise_sq_dists(z)
-    # logsumexp - log(n) is the stable form of log(mean(exp(.))).
-    return torch.logsumexp(-t * d2, dim=0) - torch.log(torch.tensor(float(d2.numel()), device=z.device))
+    # logsumexp - log(n) is the stable form of log(mean(exp(.))); clamping the log = clamping the mean.
+    log_mean = torch.logsumexp(-t * d2, dim=0) - torch.log(torch.tensor(float(d2.numel()), device=z.device))
+    return log_mean.clamp_min(math.log(UNIFORMITY_CLIP))
 
 
 def alignment_loss(z: Tensor, labels: Tensor, alpha: float = 2.0) -> Tensor:
@@ -77,36 +88,48 @@ def slerp(a: Tensor, b: Tensor, t: Tensor | float) -> Tensor:
     return F.normalize(out, dim=1).to(a.dtype)
 
 
-def slerp_augment(z: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """One new feature per input: slerp towards a random partner of the same class, t ~ U[0, 1].
+def slerp_replace(
+    z: Tensor,
+    labels: Tensor,
+    generator: torch.Generator | None = None,
+    t_range: tuple[float, float] = (0.0, 1.0),
+) -> Tensor:
+    """Each feature replaced by a slerp towards a random same-class partner, t ~ U[t0, t1] per row.
 
-    Partners are a random permutation within each class (a class with one member pairs with itself, which
-    returns it unchanged). Returns (augmented features, their labels), same order and labels as the input.
+    The reference's `slerp_feature_augmentation` (dfdet.py:273-309): per class in ascending label order,
+    partners are ``randperm`` of the class's rows and ``t = rand(n, 1) * (t1 - t0) + t0``; a class with
+    fewer than two rows is left as it is. Returns a new tensor (same shape, order and labels).
     """
-    n = z.shape[0]
-    partner = torch.arange(n, device=z.device)
+    out = z.clone()
+    t0, t1 = t_range
     for cls in torch.unique(labels):
-        idx = torch.nonzero(labels == cls, as_tuple=False).flatten()
-        perm = torch.randperm(idx.numel(), generator=generator, device="cpu").to(z.device)
-        partner[idx] = idx[perm]
-    t = torch.rand(n, generator=generator, device="cpu").to(z.device)
-    return slerp(z, z[partner], t), labels.clone()
+        mask = labels == cls
+        n = int(mask.sum())
+        if n < 2:
+            continue
+        a = z[mask]
+        perm = torch.randperm(n, generator=generator, device="cpu").to(z.device)
+        t = torch.rand((n, 1), generator=generator, device="cpu").to(z.device) * (t1 - t0) + t0
+        out[mask] = slerp(a, a[perm], t).to(z.dtype)
+    return out
 
 
 @dataclass
 class Objective:
-    """CE (+ label smoothing) on head(features), plus weighted uniformity and alignment terms.
+    """ce_weight * CE(head(z), y) + uniformity_weight * U(z) + alignment_weight * A(z, y).
 
-    With `slerp`, the head also sees one slerp-augmented feature per sample (same labels), concatenated
-    to the originals, so the CE is over 2N logits; the hypersphere terms use the original features only.
+    z are the features after slerp (when on), i.e. what the head saw, as in the reference where the
+    loss reads the head's normalised input (dfdet.py:314-323). A zero weight skips its term entirely.
     """
 
+    ce_weight: float = 1.0
     label_smoothing: float = 0.0
     uniformity_weight: float = 0.0
     alignment_weight: float = 0.0
     alignment_alpha: float = 2.0
     uniformity_t: float = 2.0
     slerp: bool = True
+    slerp_range: tuple[float, float] = (0.0, 1.0)
 
     def __call__(
         self,
@@ -116,21 +139,20 @@ class Objective:
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
         """Return (total loss, {"ce", "uniformity", "alignment", "total"} as floats for logging)."""
-        feats, targets = features, labels
-        if self.slerp:
-            z_aug, y_aug = slerp_augment(features, labels, generator=generator)
-            feats = torch.cat([features, z_aug.to(features.dtype)], dim=0)
-            targets = torch.cat([labels, y_aug], dim=0)
-        logits = head(feats)
-        ce = F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
-        total = ce
-        parts: dict[str, float] = {"ce": float(ce.detach())}
+        feats = slerp_replace(features, labels, generator, self.slerp_range) if self.slerp else features
+        total = feats.new_zeros((), dtype=torch.float32)
+        parts: dict[str, float] = {}
+        if self.ce_weight:
+            logits = head(feats)
+            ce = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+            total = total + self.ce_weight * ce
+            parts["ce"] = float(ce.detach())
         if self.uniformity_weight:
-            uni = uniformity_loss(features, t=self.uniformity_t)
+            uni = uniformity_loss(feats, t=self.uniformity_t)
             total = total + self.uniformity_weight * uni
             parts["uniformity"] = float(uni.detach())
         if self.alignment_weight:
-            ali = alignment_loss(features, labels, alpha=self.alignment_alpha)
+            ali = alignment_loss(feats, labels, alpha=self.alignment_alpha)
             total = total + self.alignment_weight * ali
             parts["alignment"] = float(ali.detach())
         parts["total"] = float(total.detach())

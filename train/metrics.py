@@ -1,7 +1,14 @@
 """Detection metrics in plain numpy (label 1 = fake = positive, higher score = more fake).
 
-Written out rather than imported from scikit-learn so that the training package's evaluation does not
-depend on it at run time and the tie handling is explicit; the tests check equality with scikit-learn.
+ROC/AUROC/AP/threshold search are written out so the tie handling is explicit (the tests check them
+against scikit-learn). The two metrics the reference code reports and selects checkpoints by are computed
+exactly as it does, with scikit-learn and SciPy (yermandy/deepfake-detection@0b872f7 src/metrics.py):
+
+* ``mean_average_precision`` ("mAP", reference ``val/mAP_video``): the mean over BOTH classes of the
+  average precision (real scored by 1 - p, fake by p), not the fake-class ``average_precision``;
+* ``eer_interpolated``: the EER where the linearly interpolated ROC crosses FNR = FPR (brentq), not the
+  nearest ROC point that ``eer`` returns.
+
 Every threshold here means "fake when score >= threshold".
 """
 
@@ -12,6 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
+
+from worker.aggregate import label_for, media_score
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -95,7 +104,8 @@ def threshold_for_fpr(scores: npt.ArrayLike, labels: npt.ArrayLike, target_fpr: 
     """The lowest threshold whose FPR is <= target_fpr (so the highest TPR under that constraint).
 
     When even the strictest distinct score exceeds the target (too few negatives), returns the next float
-    above the top score, which flags nothing as fake.
+    above the top score, which flags nothing as fake, capped at 1.0: a threshold is a probability, and
+    the caller (calibrate) reports when the cap leaves the achieved FPR above the target.
     """
     fpr, _, thr = roc_curve(scores, labels)
     if np.isnan(fpr).any():
@@ -103,8 +113,8 @@ def threshold_for_fpr(scores: npt.ArrayLike, labels: npt.ArrayLike, target_fpr: 
     ok = np.flatnonzero(fpr <= target_fpr + 1e-12)
     i = int(ok[-1])
     if np.isinf(thr[i]):
-        return float(np.nextafter(thr[1], np.inf))
-    return float(thr[i])
+        return float(min(np.nextafter(thr[1], np.inf), 1.0))
+    return float(min(max(thr[i], 0.0), 1.0))
 
 
 def fpr_tpr_at(scores: npt.ArrayLike, labels: npt.ArrayLike, threshold: float) -> tuple[float, float]:
@@ -117,24 +127,35 @@ def fpr_tpr_at(scores: npt.ArrayLike, labels: npt.ArrayLike, threshold: float) -
     return fpr, tpr
 
 
-def video_scores(frame_scores: npt.ArrayLike, video_ids: Sequence[str]) -> tuple[list[str], FloatArray]:
-    """Video score = mean of its frames' fake probabilities (the paper's rule). Ids in first-seen order."""
+def video_scores(
+    frame_scores: npt.ArrayLike, video_ids: Sequence[str], frame_indices: Sequence[int] | None = None
+) -> tuple[list[str], FloatArray]:
+    """Video score by the worker's rule (`worker.aggregate.media_score`): max over a frame's faces, mean
+    over frames. Without `frame_indices` every crop counts as its own frame. Ids in first-seen order."""
     s = np.asarray(frame_scores, dtype=np.float64).ravel()
     if s.size != len(video_ids):
         raise ValueError("frame_scores and video_ids differ in length")
-    ids = list(dict.fromkeys(video_ids))
-    pos = {v: k for k, v in enumerate(ids)}
-    groups = np.fromiter((pos[v] for v in video_ids), dtype=np.int64, count=s.size)
-    sums = np.bincount(groups, weights=s, minlength=len(ids))
-    counts = np.bincount(groups, minlength=len(ids))
-    return ids, sums / counts
+    frames = list(range(s.size)) if frame_indices is None else list(frame_indices)
+    if len(frames) != s.size:
+        raise ValueError("frame_scores and frame_indices differ in length")
+    members: dict[str, list[int]] = {}
+    for i, vid in enumerate(video_ids):
+        members.setdefault(vid, []).append(i)
+    ids = list(members)
+    out = np.array(
+        [media_score([frames[i] for i in idx], s[idx].tolist())[0] for idx in members.values()], dtype=np.float64
+    )
+    return ids, out
 
 
 def video_level(
-    frame_scores: npt.ArrayLike, frame_labels: npt.ArrayLike, video_ids: Sequence[str]
+    frame_scores: npt.ArrayLike,
+    frame_labels: npt.ArrayLike,
+    video_ids: Sequence[str],
+    frame_indices: Sequence[int] | None = None,
 ) -> tuple[list[str], FloatArray, npt.NDArray[np.int64]]:
     """(video ids, video scores, video labels); a video whose frames disagree on the label is an error."""
-    ids, scores = video_scores(frame_scores, video_ids)
+    ids, scores = video_scores(frame_scores, video_ids, frame_indices)
     y = np.asarray(frame_labels).ravel().astype(np.int64)
     label_of: dict[str, int] = {}
     for vid, lab in zip(video_ids, y.tolist(), strict=True):
@@ -143,17 +164,66 @@ def video_level(
     return ids, scores, np.array([label_of[v] for v in ids], dtype=np.int64)
 
 
-def summary(scores: npt.ArrayLike, labels: npt.ArrayLike, threshold: float = 0.5) -> dict[str, float]:
-    """The table row of one evaluation: AUROC, AP, EER (+ threshold), accuracy at `threshold`, counts."""
+def mean_average_precision(scores: npt.ArrayLike, labels: npt.ArrayLike) -> float:
+    """The reference's "mAP": mean over the two classes of scikit-learn's average precision.
+
+    Same as ``average_precision_score(one_hot(labels), [1 - p, p], average="macro")`` in
+    deepfake-detection@0b872f7 src/metrics.py:60. NaN when only one class is present.
+    """
+    from sklearn.metrics import average_precision_score
+
+    s, y = _prepare(scores, labels)
+    if s.size == 0 or y.min() == y.max():
+        return math.nan
+    return float((average_precision_score(y == 1, s) + average_precision_score(y == 0, 1.0 - s)) / 2.0)
+
+
+def eer_interpolated(scores: npt.ArrayLike, labels: npt.ArrayLike) -> float:
+    """The reference's EER: root of 1 - x - ROC(x) on the linearly interpolated ROC (brentq).
+
+    deepfake-detection@0b872f7 src/metrics.py:74-83 (which returns 1.0 where brentq finds no root; that
+    cannot happen for a two-class ROC). NaN when only one class is present.
+    """
+    from scipy.interpolate import interp1d
+    from scipy.optimize import brentq
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
+    s, y = _prepare(scores, labels)
+    if s.size == 0 or y.min() == y.max():
+        return math.nan
+    fpr, tpr, _ = sk_roc_curve(y, s, pos_label=1)
+    roc = interp1d(fpr, tpr)
+    return float(brentq(lambda x: 1.0 - x - float(roc(x)), 0.0, 1.0))
+
+
+def count_uncertain(scores: npt.ArrayLike, threshold: float, band: float) -> int:
+    """Items the worker would label `uncertain` (`worker.aggregate.label_for`) at this threshold and band."""
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    return sum(1 for v in s.tolist() if label_for(v, threshold, band) == "uncertain")
+
+
+def summary(
+    scores: npt.ArrayLike, labels: npt.ArrayLike, threshold: float = 0.5, uncertain_band: float = 0.0
+) -> dict[str, float]:
+    """The table row of one evaluation (keys are what metrics.json stores).
+
+    ``ap``: average precision of the fake class; ``map``: the reference's mean over both classes.
+    ``eer``: nearest ROC point (``eer_threshold`` is its score); ``eer_interp``: the reference's brentq EER.
+    ``n_uncertain``: items within ``uncertain_band`` of ``threshold`` (0 when the band is 0).
+    """
     s, y = _prepare(scores, labels)
     e, e_thr = eer(s, y)
     return {
         "auroc": auroc(s, y),
         "ap": average_precision(s, y),
+        "map": mean_average_precision(s, y),
         "eer": e,
         "eer_threshold": e_thr,
+        "eer_interp": eer_interpolated(s, y),
         "accuracy": accuracy_at(s, y, threshold),
         "threshold": threshold,
+        "uncertain_band": uncertain_band,
+        "n_uncertain": float(count_uncertain(s, threshold, uncertain_band)),
         "n": float(s.size),
         "n_fake": float((y == 1).sum()),
         "n_real": float((y == 0).sum()),

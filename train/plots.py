@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import numpy.typing as npt
+from matplotlib.ticker import MaxNLocator
 
 from train import metrics
 
@@ -37,8 +38,16 @@ def plot_roc(series: Series, path: Path, title: str = "ROC") -> Path:
     return path
 
 
-def plot_histograms(series: Series, path: Path, threshold: float | None = None, title: str = "scores") -> Path:
-    """Real vs fake score histograms, one panel per name, with the decision threshold marked."""
+def plot_histograms(
+    series: Series,
+    path: Path,
+    threshold: float | None = None,
+    title: str = "scores",
+    unit: str = "items",
+    band: float = 0.0,
+) -> Path:
+    """Real vs fake score histograms (counts of `unit`, integer ticks), one panel per name, with the
+    decision threshold and its uncertain band marked."""
     n = len(series)
     fig, axes = plt.subplots(n, 1, figsize=(6.0, 2.2 * n + 0.6), dpi=120, squeeze=False)
     bins = np.linspace(0.0, 1.0, 41)
@@ -47,8 +56,13 @@ def plot_histograms(series: Series, path: Path, threshold: float | None = None, 
         ax.hist(scores[labels == 1], bins=bins, alpha=0.6, label="fake", color="tab:red")
         if threshold is not None:
             ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.3f}")
+            if band > 0:
+                n_in = metrics.count_uncertain(scores, threshold, band)
+                ax.axvspan(threshold - band, threshold + band, color="grey", alpha=0.2, label=f"uncertain ({n_in})")
         ax.set_title(name, fontsize=9)
         ax.set_xlim(0, 1)
+        ax.set_ylabel(f"{unit} (count)")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=7)
     axes[-1, 0].set_xlabel("p(fake)")
     fig.suptitle(title, fontsize=10)

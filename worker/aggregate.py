@@ -9,6 +9,7 @@ model's calibrated threshold; scores within `uncertain_band` of it are `uncertai
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -38,6 +39,24 @@ def label_for(score: float, threshold: float, band: float = 0.0) -> Label:
     if abs(score - threshold) < band:
         return "uncertain"
     return "fake" if score >= threshold else "real"
+
+
+def media_score(frame_indices: Sequence[int], face_probs: Sequence[float]) -> tuple[float, float, int]:
+    """(media score, most suspicious frame's score, frames with faces) of one media item's faces.
+
+    The one aggregation rule: frame score = max over the frame's faces, media score = mean over frames.
+    Training's evaluation and calibration call this too, so a threshold calibrated offline is applied by
+    the worker to exactly the score it was calibrated on. Needs at least one face.
+    """
+    if len(frame_indices) != len(face_probs):
+        raise ValueError(f"{len(face_probs)} scores for {len(frame_indices)} faces")
+    if not frame_indices:
+        raise ValueError("media_score needs at least one face")
+    frame_max: dict[int, float] = {}
+    for frame, p in zip(frame_indices, face_probs, strict=True):
+        frame_max[frame] = max(frame_max.get(frame, -math.inf), float(p))
+    frame_scores = list(frame_max.values())
+    return float(math.fsum(frame_scores) / len(frame_scores)), max(frame_scores), len(frame_scores)
 
 
 def face_result(crop: FaceCrop, score: float) -> FaceResult:
@@ -75,17 +94,13 @@ def aggregate(
             faces=[], frames_sampled=frames_sampled, threshold=model.threshold,
         )
 
-    frame_max: dict[int, float] = {}
-    for crop, p in zip(crops, probs, strict=True):
-        frame_max[crop.frame_index] = max(frame_max.get(crop.frame_index, -math.inf), float(p))
-    frame_scores = list(frame_max.values())
-    score = float(math.fsum(frame_scores) / len(frame_scores))
+    score, score_max, frames_with_faces = media_score([c.frame_index for c in crops], probs.tolist())
     return Aggregate(
         status="ok",
         label=label_for(score, model.threshold, model.uncertain_band),
         score=score,
-        score_max=max(frame_scores),
-        frames_with_faces=len(frame_scores),
+        score_max=score_max,
+        frames_with_faces=frames_with_faces,
         faces_count=len(crops),
         faces=[face_result(c, float(p)) for c, p in zip(crops, probs, strict=True)],
         frames_sampled=frames_sampled,

@@ -105,3 +105,79 @@ def test_calibrate_cli_and_evaluate_uses_the_threshold(data: Path, checkpoint: P
     assert doc["threshold"] == threshold and doc["threshold_source"] == "checkpoint"
     scores, labels = val_scores(out, data, "video")
     assert doc["metrics"]["all"]["video"]["accuracy"] == pytest.approx(metrics.accuracy_at(scores, labels, threshold))
+
+
+def test_calibration_warns_and_records_when_val_has_too_few_reals(
+    data: Path, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from train.cli import main
+
+    # 30 real videos resolve FPR steps of 1/30: enough for 0.1 (needs 10), not for 0.01 (needs 100)
+    ok = calibrate(checkpoint, data, target_fpr=0.1, level="video", device="cpu", out=tmp_path / "a.pt")
+    assert ok.n_real == 30 and ok.warnings == []
+    low = calibrate(checkpoint, data, target_fpr=0.01, level="video", device="cpu", out=tmp_path / "b.pt")
+    assert len(low.warnings) == 1 and "30 real videos" in low.warnings[0] and "at least 100" in low.warnings[0]
+    assert read_checkpoint(tmp_path / "b.pt")["extra"]["calibration"]["warnings"] == low.warnings
+    assert 0.0 <= low.threshold <= 1.0
+    args = ["calibrate", "--checkpoint", str(checkpoint), "--data", str(data), "--device", "cpu"]
+    assert main([*args, "--target-fpr", "0.01", "--out", str(tmp_path / "c.pt")]) == 0
+    assert "warning: split 'val' has 30 real videos" in capsys.readouterr().err
+
+
+def test_training_video_scores_follow_the_worker_rule(tmp_path: Path) -> None:
+    """Two faces in one frame: the frame counts once, by its most suspicious face (worker.aggregate)."""
+    from train.evaluate import by_dataset
+    from worker.aggregate import media_score
+
+    rng = np.random.default_rng(0)
+    recs = []
+    for k, (vid, frame) in enumerate([("a", 0), ("a", 0), ("a", 1), ("b", 0)]):
+        rel = f"crops/{k}.png"
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / rel), rng.integers(0, 256, (224, 224, 3), dtype=np.uint8))
+        recs.append(CropRecord(rel, int(vid == "b"), vid, "d", frame, "val"))
+    write_manifest(tmp_path, recs)
+    ds = CropDataset(tmp_path, split="val")
+    scores = np.array([0.2, 0.9, 0.1, 0.7])
+    video = by_dataset(scores, ds)["all"]["video"]
+    assert video.scores.tolist() == [media_score([0, 0, 1], [0.2, 0.9, 0.1])[0], 0.7] == [0.5, 0.7]
+    assert video.labels.tolist() == [0, 1]
+
+
+def test_evaluate_names_the_split_and_counts_the_uncertain_band(
+    data: Path, checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import train.plots
+
+    titles: list[str] = []
+    real_hist, real_roc = train.plots.plot_histograms, train.plots.plot_roc
+
+    def hist(*args: object, **kwargs: object) -> Path:
+        titles.append(str(kwargs["title"]))
+        return real_hist(*args, **kwargs)  # type: ignore[arg-type]
+
+    def roc(*args: object, **kwargs: object) -> Path:
+        titles.append(str(kwargs["title"]))
+        return real_roc(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train.plots, "plot_histograms", hist)
+    monkeypatch.setattr(train.plots, "plot_roc", roc)
+    cal = calibrate(checkpoint, data, target_fpr=0.2, uncertain_band=0.001, device="cpu", out=tmp_path / "c.pt")
+    doc = evaluate(tmp_path / "c.pt", data, tmp_path / "eval", split=None, device="cpu")
+    assert doc["split"] == "all" and len(titles) == 4
+    assert all("split all" in t and "None" not in t for t in titles)
+    video = doc["metrics"]["all"]["video"]
+    scores, _ = val_scores(tmp_path / "c.pt", data, "video")
+    expected = int(np.sum(np.abs(scores - cal.threshold) < 0.001))
+    assert video["n_uncertain"] == expected == cal.n_uncertain and 0 < expected < len(scores)
+    assert {"map", "eer_interp", "ap", "eer"} <= set(video) and "map" in doc["metric_definitions"]
+    assert doc["training"]["config"]["note"] == "kept"  # the checkpoint's training record travels along
+    assert (tmp_path / "eval" / "hist_video.png").stat().st_size > 1000
+
+
+def test_export_refuses_a_threshold_outside_0_1(tmp_path: Path) -> None:
+    from train.export import export_repository
+
+    with pytest.raises(ValueError, match=r"not a probability in \[0, 1\]"):
+        export_repository(create_detector("tiny"), tmp_path / "repo", threshold=1.5)
+    assert not (tmp_path / "repo").exists()

@@ -142,19 +142,30 @@ def test_splits_deterministic_fractions_and_no_leak() -> None:
 
 
 def test_frames_of_one_video_never_straddle_splits(tmp_path: Path) -> None:
-    # groups of FF++ style (several videos per group) and the crop-level view of them
-    make_ffpp(tmp_path)
-    items = assign_splits(read_ffpp(tmp_path), 0.3, 0.3, seed=1)
-    check_no_leak([(i.group, i.split or "") for i in items])
-    check_no_leak([(i.video_id, i.split or "") for i in items])
-    records = [
-        CropRecord(f"c/{i.video_id}/{f}.png", i.label, i.video_id, i.dataset, f, i.split or "")
-        for i in items
-        for f in range(4)
-    ]
+    # FF++ style groups (an original, its partner and every manipulation between them) through the real
+    # splitter and the real manifest-row builder of `prepare`, then read back from the written manifest
+    from train.data.prepare import MediaResult, crop_records, crop_relpath
+
+    make_ffpp(tmp_path / "src")
+    items = assign_splits(read_ffpp(tmp_path / "src"), 0.3, 0.3, seed=1)
+    results = [MediaResult(it, crops=[(crop_relpath(it, f, 0), f) for f in range(4)]) for it in items]
+    write_manifest(tmp_path / "out", [r for res in results for r in crop_records(res)])
+    records = read_manifest(tmp_path / "out")
+    assert len(records) == 4 * len(items)
+    group_of = {it.video_id: it.group for it in items}
+    split_of_group: dict[str, set[str]] = {}
+    for r in records:
+        split_of_group.setdefault(group_of[r.video_id], set()).add(r.split)
+    assert all(len(s) == 1 for s in split_of_group.values()), split_of_group  # no group straddles
+    assert len({next(iter(s)) for s in split_of_group.values()}) > 1  # and the split is not one big bucket
     check_no_leak([(r.video_id, r.split) for r in records])
+    check_no_leak([(group_of[r.video_id], r.split) for r in records])
+    # the check itself fires on a leak, and so does a per-item splitter that ignores groups
     with pytest.raises(ValueError, match="more than one split"):
         check_no_leak([("v", "train"), ("v", "test")])
+    per_item = [(group_of[it.video_id], "train" if k % 2 else "test") for k, it in enumerate(items)]
+    with pytest.raises(ValueError, match="more than one split"):
+        check_no_leak(per_item)
     clash = [MediaItem(Path("a"), 0, "a", "d", "g", "train"), MediaItem(Path("b"), 1, "b", "d", "g", "test")]
     with pytest.raises(ValueError, match="preset"):
         assign_splits(clash)

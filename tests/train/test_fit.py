@@ -150,7 +150,7 @@ def test_resume_gives_the_same_final_parameters(task: Path, tmp_path: Path) -> N
 def test_resume_refuses_a_foreign_state_file(task: Path, tmp_path: Path) -> None:
     cfg = replace(base_config(task, tmp_path / "run"), epochs=1, max_steps=1)
     fit(cfg)
-    state = tmp_path / "run" / "last.state.pt"
+    state = tmp_path / "run" / read_checkpoint(tmp_path / "run" / "last.pt")["extra"]["resume_state"]
     blob = torch.load(state, weights_only=True)
     blob["step"] = 99
     torch.save(blob, state)
@@ -175,7 +175,7 @@ def test_schedule_groups_and_batches() -> None:
     assert b1 == epoch_batches(50, 16, 42, 0) and b1 != b2
 
 
-def test_cli_fit_runs(task: Path, tmp_path: Path) -> None:
+def test_cli_fit_runs(task: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from train.cli import main
 
     out = tmp_path / "cli"
@@ -202,6 +202,35 @@ def test_cli_fit_runs(task: Path, tmp_path: Path) -> None:
         ]
     )
     assert rc == 0
+    # one start-up block before the first step: arch, weights, recipe, device, precision, crops per split/label
+    stdout = capsys.readouterr().out
+    assert stdout.startswith(f"fit -> {out}\n")
+    block = stdout[: stdout.index("\n", stdout.index("  schedule  "))]
+    for line in ("arch      tiny", "weights   random-init", "recipe    paper; set explicitly: augment=False",
+                 "device    cpu, fp32", "train 72 crops (36 real, 36 fake) from 24 videos",
+                 "val   24 crops (12 real, 12 fake)"):  # fmt: skip
+        assert line in block, line
     meta = read_checkpoint(out / "last.pt")
     assert meta["config"]["slerp"] is False and meta["config"]["batch_size"] == 36
-    assert meta["config"]["uniformity_weight"] == 0.5 and meta["config"]["alignment_weight"] == 0.1
+    # the default recipe is the paper's: CE only, blur on every image with the 3x7 kernel, best by video mAP
+    assert meta["config"]["recipe"] == "paper"
+    assert meta["config"]["uniformity_weight"] == 0.0 and meta["config"]["alignment_weight"] == 0.0
+    assert meta["config"]["blur_p"] == 1.0 and meta["config"]["blur_kernel"] == [3, 7]
+    assert meta["config"]["select_by"] == "val_video_map" and meta["config"]["weights"] == "random-init"
+    run = json.loads((out / "run.json").read_text())
+    assert run["recipe"] == "paper" and run["config"]["batch_size"] == 36
+    assert run["sources"]["lr"].startswith("yermandy/deepfake-detection@0b872f7 run.py:110")
+    assert run["sources"]["batch_size"].startswith("set explicitly")
+    assert run["startup"]["crops"]["train"] == {"crops": 72, "real": 36, "fake": 36, "videos": 24}
+
+
+def test_recipes_printer_lists_every_value(capsys: pytest.CaptureFixture[str]) -> None:
+    from train.recipes import HYPER_PARAMETERS
+    from train.recipes import main as recipes_main
+
+    assert recipes_main(["--sources"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| setting | paper | gend |")
+    for key in HYPER_PARAMETERS:
+        assert f"| {key} |" in out
+    assert "| blur_kernel | (3, 7) | (7, 7) |" in out and "run.py:105" in out

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.losses import Objective, alignment_loss, slerp, slerp_augment, uniformity_loss
+from train.losses import Objective, alignment_loss, slerp, slerp_replace, uniformity_loss
 
 # Three unit vectors: squared distances (0,1)=2, (0,2)=4, (1,2)=2.
 Z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
@@ -77,15 +77,25 @@ def test_objective_combines_weighted_parts() -> None:
     assert parts["total"] == pytest.approx(total.item())
 
 
-def test_objective_with_slerp_feeds_augmented_features_with_their_labels() -> None:
+def test_objective_with_slerp_replaces_the_features_it_scores() -> None:
     head = identity_head()
     feats = F.normalize(torch.randn(8, 2, generator=torch.Generator().manual_seed(0)), dim=1)
     labels = torch.tensor([0, 1] * 4)
     gen_a, gen_b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    total, _ = Objective(slerp=True, uniformity_weight=0, alignment_weight=0)(head, feats, labels, gen_a)
-    z_aug, y_aug = slerp_augment(feats, labels, gen_b)
-    expected = F.cross_entropy(head(torch.cat([feats, z_aug])), torch.cat([labels, y_aug]))
+    obj = Objective(slerp=True, uniformity_weight=0.5, alignment_weight=0.1)
+    total, parts = obj(head, feats, labels, gen_a)
+    z_aug = slerp_replace(feats, labels, gen_b)
+    assert z_aug.shape == feats.shape  # N rows, not 2N
+    ce = F.cross_entropy(head(z_aug), labels)
+    expected = ce + 0.5 * uniformity_loss(z_aug) + 0.1 * alignment_loss(z_aug, labels)
+    assert parts["ce"] == pytest.approx(ce.item(), rel=1e-6)
     assert total.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_uniformity_is_clamped_like_the_reference() -> None:
+    far = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])  # exp(-2 * 4) > 1e-6: no clamp
+    assert uniformity_loss(far).item() == pytest.approx(-8.0, rel=1e-6)
+    assert uniformity_loss(far, t=10.0).item() == pytest.approx(math.log(1e-6), rel=1e-6)  # exp(-40) clamped
 
 
 def test_slerp_endpoints_midpoint_and_sphere() -> None:
@@ -110,7 +120,7 @@ def test_slerp_endpoints_midpoint_and_sphere() -> None:
     assert torch.allclose(slerp(x, x, t), x, atol=1e-6)
 
 
-def test_slerp_augment_stays_within_class_and_on_sphere() -> None:
+def test_slerp_replace_stays_within_class_and_on_sphere() -> None:
     g = torch.Generator().manual_seed(0)
     # class 0 lives in span(e0, e1), class 1 in span(e2, e3): a cross-class slerp would leak components
     c0 = F.normalize(torch.randn(6, 2, generator=g), dim=1)
@@ -120,11 +130,18 @@ def test_slerp_augment_stays_within_class_and_on_sphere() -> None:
     labels = torch.tensor([0] * 6 + [1] * 5)
     perm = torch.randperm(11, generator=g)
     z, labels = z[perm], labels[perm]
-    z_aug, y_aug = slerp_augment(z, labels, torch.Generator().manual_seed(7))
-    assert torch.equal(y_aug, labels)
+    z_aug = slerp_replace(z, labels, torch.Generator().manual_seed(7))
+    assert z_aug.shape == z.shape
     assert torch.allclose(z_aug.norm(dim=1), torch.ones(11), atol=1e-5)
     assert torch.all(z_aug[labels == 0][:, 2:].abs() < 1e-6)
     assert torch.all(z_aug[labels == 1][:, :2].abs() < 1e-6)
     assert not torch.allclose(z_aug, z)  # it actually moved something
-    again, _ = slerp_augment(z, labels, torch.Generator().manual_seed(7))
+    again = slerp_replace(z, labels, torch.Generator().manual_seed(7))
     assert torch.equal(again, z_aug)  # deterministic given the generator
+
+
+def test_slerp_replace_leaves_a_lone_class_member_alone() -> None:
+    z = F.normalize(torch.randn(5, 3, generator=torch.Generator().manual_seed(2)), dim=1)
+    labels = torch.tensor([0, 0, 0, 0, 1])
+    out = slerp_replace(z, labels, torch.Generator().manual_seed(0))
+    assert torch.equal(out[4], z[4])

@@ -87,7 +87,10 @@ def test_accuracy_at_threshold() -> None:
 @pytest.mark.parametrize("target", [0.0, 0.01, 0.05, 0.2, 0.5])
 def test_threshold_for_fpr_is_the_best_feasible(scores: np.ndarray, labels: np.ndarray, target: float) -> None:
     thr = metrics.threshold_for_fpr(scores, labels, target)
+    assert 0.0 <= thr <= 1.0
     fpr, tpr = metrics.fpr_tpr_at(scores, labels, thr)
+    if thr == 1.0 and (scores[labels == 0] == 1.0).any():
+        return  # a real item scored exactly 1.0: no probability threshold can exclude it (calibrate warns)
     assert fpr <= target
     # no lower candidate threshold is also feasible: the next distinct score below breaks the target
     lower = scores[scores < thr]
@@ -104,6 +107,53 @@ def test_threshold_for_fpr_with_too_few_negatives_flags_nothing() -> None:
     assert thr == 0.95  # 0.95 alone: FPR 0, the real at 0.9 stays below
     thr = metrics.threshold_for_fpr(np.array([0.9, 0.2]), np.array([0, 1]), 0.0)
     assert thr > 0.9 and metrics.fpr_tpr_at([0.9, 0.2], [0, 1], thr)[0] == 0.0
+    # a real scored 1.0: the threshold stays a probability (1.0), never the float above it
+    assert metrics.threshold_for_fpr(np.array([1.0, 0.2]), np.array([0, 1]), 0.0) == 1.0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_map_is_sklearn_ap_averaged_over_both_classes(seed: int) -> None:
+    scores, labels = random_case(100 + seed, n=257, tie_decimals=2 if seed % 2 else None)
+    probs = np.stack([1.0 - scores, scores], axis=1)  # the reference's (p_real, p_fake) columns
+    expected = average_precision_score(np.eye(2)[labels], probs, average="macro")
+    assert metrics.mean_average_precision(scores, labels) == pytest.approx(expected, abs=1e-12)
+    # and it is not the fake-class AP the older "ap" key reports
+    assert metrics.mean_average_precision(scores, labels) != pytest.approx(metrics.average_precision(scores, labels))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_eer_interpolated_is_where_the_linear_roc_meets_fnr_equals_fpr(seed: int) -> None:
+    scores, labels = random_case(200 + seed, n=173, tie_decimals=2 if seed % 2 else None)
+    fpr, tpr, _ = sk_roc_curve(labels, scores)
+    got = metrics.eer_interpolated(scores, labels)
+    # independent of brentq: intersect each ROC segment with the line tpr = 1 - fpr in closed form
+    g = 1.0 - fpr - tpr  # decreasing from 1 to -1 along the curve
+    k = int(np.flatnonzero(g <= 0)[0])
+    lam = g[k - 1] / (g[k - 1] - g[k])
+    expected = fpr[k - 1] + lam * (fpr[k] - fpr[k - 1])
+    assert got == pytest.approx(expected, abs=1e-9)
+    # the nearest-point EER differs by up to half a ROC step
+    assert abs(metrics.eer(scores, labels)[0] - got) < 0.05
+    assert math.isnan(metrics.eer_interpolated([0.1, 0.2], [1, 1]))
+    assert math.isnan(metrics.mean_average_precision([0.1, 0.2], [0, 0]))
+
+
+def test_summary_names_both_metrics_and_counts_the_uncertain_band() -> None:
+    scores, labels = np.array([0.1, 0.48, 0.52, 0.9]), np.array([0, 0, 1, 1])
+    m = metrics.summary(scores, labels, threshold=0.5, uncertain_band=0.05)
+    assert {"auroc", "ap", "map", "eer", "eer_interp", "n_uncertain"} <= set(m)
+    assert m["n_uncertain"] == 2  # 0.48 and 0.52 are within 0.05 of 0.5
+    assert metrics.summary(scores, labels)["n_uncertain"] == 0
+
+
+def test_video_scores_use_the_workers_rule() -> None:
+    from worker.aggregate import media_score
+
+    # video a: frame 0 has two faces (max 0.9), frame 1 one face (0.1) -> mean of frame maxima 0.5
+    ids, v = metrics.video_scores([0.2, 0.9, 0.1, 0.7], ["a", "a", "a", "b"], frame_indices=[0, 0, 1, 0])
+    assert ids == ["a", "b"]
+    np.testing.assert_allclose(v, [0.5, 0.7])
+    assert v[0] == media_score([0, 0, 1], [0.2, 0.9, 0.1])[0]
 
 
 def test_video_scores_are_frame_means() -> None:

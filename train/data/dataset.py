@@ -50,6 +50,10 @@ class CropDataset(Dataset[tuple[Tensor, int, int]]):
         return [r.video_id for r in self.records]
 
     @property
+    def frame_indices(self) -> list[int]:
+        return [r.frame_index for r in self.records]
+
+    @property
     def datasets(self) -> list[str]:
         return [r.dataset for r in self.records]
 

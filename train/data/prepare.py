@@ -172,6 +172,14 @@ def _results(cfg: PrepareConfig, items: list[MediaItem]) -> Iterator[MediaResult
         yield from pool.map(_run_one, items, chunksize=1)
 
 
+def crop_records(result: MediaResult) -> list[CropRecord]:
+    """Manifest rows of one processed media item: every crop inherits its item's split."""
+    it = result.item
+    if it.split is None:
+        raise ValueError(f"{it.path}: no split assigned")
+    return [CropRecord(rel, it.label, it.video_id, it.dataset, frame, it.split) for rel, frame in result.crops]
+
+
 @dataclass
 class PrepareReport:
     manifest: Path
@@ -183,9 +191,15 @@ class PrepareReport:
 
 def prepare(cfg: PrepareConfig) -> PrepareReport:
     """Run the whole preparation; the returned report is what the CLI prints."""
+    if not cfg.source.exists():
+        raise FileNotFoundError(f"{cfg.source}: no such file or folder")
     items = assign_splits(
         read_source(cfg.source, cfg.fmt, cfg.ffpp_splits), cfg.val_fraction, cfg.test_fraction, cfg.seed
     )
+    if not items:
+        raise ValueError(f"{cfg.source}: no media found")
+    # Build the face detector once here, so missing detector weights fail before anything is written.
+    create_detector(face_settings(cfg.detector, cfg.weights_dir))
     cfg.out.mkdir(parents=True, exist_ok=True)
     records: list[CropRecord] = []
     failed: list[MediaResult] = []
@@ -193,10 +207,7 @@ def prepare(cfg: PrepareConfig) -> PrepareReport:
     for res in bar:
         if res.reason is not None:
             failed.append(res)
-        for rel, frame_index in res.crops:
-            it = res.item
-            assert it.split is not None
-            records.append(CropRecord(rel, it.label, it.video_id, it.dataset, frame_index, it.split))
+        records.extend(crop_records(res))
         bar.set_postfix(crops=len(records), no_face=len(failed))
     manifest = write_manifest(cfg.out, records)
     with (cfg.out / NO_FACE_NAME).open("w", encoding="utf-8") as fh:
