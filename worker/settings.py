@@ -81,8 +81,12 @@ class DecodeSettings(BaseModel):
 class FaceSettings(BaseModel):
     """Face detector backend and crop geometry (DESIGN.md section 3: 5-point alignment, scale 1.3, 224x224)."""
 
+    #: yunet (default, Apache-2.0 weights shipped in the package), scrfd (insightface weights for
+    #: non-commercial research only, which the user supplies), haar (no landmarks; needs Debian's opencv-data).
     backend: Literal["yunet", "scrfd", "haar"] = "yunet"
-    weights_dir: Path = Path("models")
+    #: Folder holding the detector's weights. Unset: the YuNet weights shipped inside the package
+    #: (worker/faces/weights). Set: only this folder is searched (SCRFD's weights must be put here).
+    weights_dir: Path | None = None
     yunet_file: str = "yunet_n_dynamic.onnx"
     scrfd_file: str = "scrfd_500m_bnkps.onnx"
     score_threshold: float = 0.6
