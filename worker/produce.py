@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kafka import KafkaProducer
+from kafka.errors import KafkaTimeoutError
 
 from worker.contracts import MediaData, MediaEvent, now_iso
-from worker.kafka_config import connection_config
+from worker.kafka_config import bootstrap_failed, connection_config
 from worker.settings import KafkaSettings
 
 Mode = Literal["inline", "uri", "auto"]
@@ -40,8 +41,13 @@ def event_for_file(path: Path, mode: Mode, max_inline_bytes: int, source: str = 
 
 
 def produce_events(settings: KafkaSettings, events: list[MediaEvent], timeout_s: float = 30.0) -> None:
-    """Send events keyed by id with acks=all, and wait until the broker has every one."""
-    producer = KafkaProducer(acks="all", max_request_size=settings.max_message_bytes, **connection_config(settings))
+    """Send events keyed by id with acks=all, and wait until the broker has every one (`timeout_s` bounds both
+    connecting and each acknowledgement; no broker raises KafkaUnreachable)."""
+    try:
+        producer = KafkaProducer(acks="all", max_request_size=settings.max_message_bytes,
+                                 bootstrap_timeout_ms=int(timeout_s * 1000), **connection_config(settings))
+    except KafkaTimeoutError as exc:
+        raise bootstrap_failed(settings, timeout_s, exc) from exc
     try:
         futures = [
             producer.send(settings.events_topic, key=e.id.encode(), value=e.model_dump_json(exclude_none=True).encode())

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from http.server import ThreadingHTTPServer
 from types import FrameType
 
 from kafka import TopicPartition
@@ -40,13 +41,16 @@ log = logging.getLogger(__name__)
 
 
 class Worker:
-    def __init__(self, settings: WorkerSettings, backend: InferenceBackend) -> None:
+    def __init__(self, settings: WorkerSettings, backend: InferenceBackend, health: HealthState | None = None,
+                 server: ThreadingHTTPServer | None = None) -> None:
+        """`health`/`server`: the operations server `dfmod worker` started before its start-up checks."""
         self.settings = settings
         self.backend = backend
         self.model = backend.model_info()
         check_preprocessing(self.model)  # a model trained on other crops would give meaningless scores
         self.stop_requested = threading.Event()
-        self.health = HealthState()
+        self.health = health or HealthState()
+        self._server = server
         self.tracker = OffsetTracker()
         self.batcher = MicroBatcher(backend, settings.batch, on_batch=self._on_batch)
         self.cache = VerdictCache(settings.cache, on_event=lambda kind: metrics.CACHE.labels(kind).inc())
@@ -69,7 +73,7 @@ class Worker:
         signal.signal(signal.SIGINT, request_stop)
 
     def run(self) -> None:
-        server = serve(self.health, self.settings.http_host, self.settings.http_port)
+        server = self._server or serve(self.health, self.settings.http_host, self.settings.http_port)
         log.info(
             "worker started",
             extra={"model": self.model.model_dump(), "topic": self.settings.kafka.events_topic},

@@ -30,6 +30,8 @@ class KafkaSettings(BaseModel):
     session_timeout_ms: int = 30_000
     max_poll_interval_ms: int = 300_000
     commit_interval_s: float = 1.0
+    #: How long `dfmod worker` start-up waits for the brokers to answer before it exits (code 15).
+    ready_timeout_s: float = 60.0
     #: The broker's `message.max.bytes`: producers' max request size, and the cap on DLQ payloads.
     max_message_bytes: int = 1_048_576
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -115,7 +117,7 @@ class TritonSettings(BaseModel):
     model_version: str = ""
     max_in_flight: int = 4
     timeout_s: float = 30.0
-    #: How long start-up waits for the model to become ready.
+    #: How long start-up waits for Triton to answer and the model to become ready (exit codes 12, 13).
     ready_timeout_s: float = 120.0
 
 
