@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import textwrap
 import threading
@@ -261,6 +262,9 @@ def exit_code_for(exc: BaseException, command: str) -> tuple[int, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # OpenCV's native logger writes unstructured lines to stderr (YuNet: "setPreferableTarget Targets are not
+    # supported..."); errors still come through. Before anything imports cv2.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     args = build_parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     if args.command != "worker":
