@@ -55,7 +55,7 @@ def _settings() -> WorkerSettings:
 
 # -- commands ---------------------------------------------------------------------------------------------------
 def _worker(args: argparse.Namespace) -> int:
-    from worker import logs
+    from worker import logs, metrics
     from worker.health import HealthState, serve
     from worker.infer.triton import TritonBackend
     from worker.service import Worker
@@ -75,7 +75,7 @@ def _worker(args: argparse.Namespace) -> int:
                                             "paths": ["/healthz", "/readyz", "/metrics"]})
     try:
         backend = TritonBackend(settings.triton)
-        run_checks(settings, backend, beat=health.beat)
+        metrics.set_model_info(run_checks(settings, backend, beat=health.beat))
         worker = Worker(settings, backend, health=health, server=server)
     except BaseException:
         server.shutdown()

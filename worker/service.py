@@ -99,6 +99,7 @@ class Worker:
             self._take(record)
         self._apply_backpressure()
         self._commit_if_due()
+        metrics.observe_lag(self.consumer)
 
     def _drain(self) -> None:
         """On stop: wait for in-flight events, commit what is done; the rest is re-delivered to the next owner."""
@@ -149,9 +150,7 @@ class Worker:
         future.add_done_callback(done)
 
     def _publish(self, event_id: str, data: VerdictData, acked: Callable[[], None], ctx: dict[str, object]) -> None:
-        metrics.EVENTS.labels(data.status).inc()
-        if data.error is not None:
-            metrics.ERRORS.labels(data.error.code.value).inc()
+        metrics.observe_verdict(data)
         verdict = Verdict(id=event_id, source=self.settings.source, subject=data.media_sha256, data=data)
         log.info(
             "verdict",
