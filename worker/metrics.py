@@ -55,6 +55,7 @@ CONSUMER_LAG = Gauge(
     "Records between this worker's consumer position and the end offset, per assigned partition",
     ["topic", "partition"],
 )
+IN_FLIGHT_LIMIT = Gauge("dfmod_in_flight_limit", "settings.max_in_flight: dfmod_in_flight at this value is saturation")
 BUILD_INFO = Gauge("dfmod_build_info", "Always 1; the labels say what runs", ["version", "pipeline_version"])
 MODEL_INFO = Gauge(
     "dfmod_model_info", "Always 1; the served model (weights: provenance or checkpoint hash)",
