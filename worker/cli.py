@@ -246,7 +246,7 @@ def exit_code_for(exc: BaseException, command: str) -> tuple[int, str]:
     from kafka.errors import KafkaError
 
     from worker.infer.base import InferenceError
-    from worker.kafka_config import KafkaUnreachable
+    from worker.kafka_config import KafkaUnavailable
     from worker.startup import Failure, StartupError
 
     if isinstance(exc, CliError):
@@ -255,7 +255,7 @@ def exit_code_for(exc: BaseException, command: str) -> tuple[int, str]:
         if command == "worker":
             return exc.exit_code, str(exc)
         return (USAGE if exc.failure is Failure.SETTINGS else INFRASTRUCTURE), str(exc)
-    if isinstance(exc, KafkaUnreachable | InferenceError):
+    if isinstance(exc, KafkaUnavailable | InferenceError):
         return INFRASTRUCTURE, str(exc)
     if isinstance(exc, KafkaError):
         return INFRASTRUCTURE, f"Kafka: {exc}"

@@ -10,7 +10,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaTimeoutError
 
-from worker.kafka_config import bootstrap_failed, connection_config
+from worker.kafka_config import KafkaUnavailable, bootstrap_failed, connection_config
 from worker.settings import KafkaSettings
 
 
@@ -22,7 +22,7 @@ def follow(
 ) -> Iterator[dict[str, Any]]:
     """Yield verdict CloudEvents as dicts; stop after `timeout_s` without a new record (None: never).
 
-    `timeout_s` also bounds connecting (else the client's 30 s): no broker raises KafkaUnreachable.
+    `timeout_s` also bounds connecting (else the client's 30 s): no broker raises KafkaUnavailable.
     """
     topic = topic or settings.verdicts_topic
     connect_s = timeout_s if timeout_s is not None else 30.0
@@ -33,6 +33,9 @@ def follow(
         raise bootstrap_failed(settings, connect_s, exc) from exc
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            raise KafkaUnavailable(f"Kafka at {settings.bootstrap_servers} has no topic {topic} "
+                                   "(check DFMOD_KAFKA__VERDICTS_TOPIC)")
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         if from_beginning:

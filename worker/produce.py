@@ -42,7 +42,7 @@ def event_for_file(path: Path, mode: Mode, max_inline_bytes: int, source: str = 
 
 def produce_events(settings: KafkaSettings, events: list[MediaEvent], timeout_s: float = 30.0) -> None:
     """Send events keyed by id with acks=all, and wait until the broker has every one (`timeout_s` bounds both
-    connecting and each acknowledgement; no broker raises KafkaUnreachable)."""
+    connecting and each acknowledgement; no broker raises KafkaUnavailable)."""
     try:
         producer = KafkaProducer(acks="all", max_request_size=settings.max_message_bytes,
                                  bootstrap_timeout_ms=int(timeout_s * 1000), **connection_config(settings))
