@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,9 +15,15 @@ YUNET_SHA256 = "104ee26c71d5c270ce79a6b3dced91c91013260d29a6bf18f9296c5b8c4c2b12
 
 
 def test_wheel_ships_yunet_weights_licence_and_notice(tmp_path: Path) -> None:
+    src = tmp_path / "src"  # a copy, so setuptools' build/ and egg-info never land in the checkout
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE", "NOTICE"):
+        shutil.copy2(REPO / name, src / name)
+    for package in ("worker", "train"):
+        shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),
-         str(REPO)], check=True, timeout=300, capture_output=True, cwd=tmp_path,
+         str(src)], check=True, timeout=300, capture_output=True, cwd=tmp_path,
     )
     (wheel,) = tmp_path.glob("dfmod-*.whl")
     with zipfile.ZipFile(wheel) as zf:
