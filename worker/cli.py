@@ -76,7 +76,11 @@ def _worker(args: argparse.Namespace) -> int:
                                             "paths": ["/healthz", "/readyz", "/metrics"]})
     try:
         backend = TritonBackend(settings.triton)
-        metrics.set_model_info(run_checks(settings, backend, beat=health.beat))
+        model = run_checks(settings, backend, beat=health.beat)
+        metrics.set_model_info(model)
+        if model.weights == "random-init":
+            log.warning("the served model has random-init weights: its scores and labels mean nothing",
+                        extra={"model": f"{model.name}/{model.version}"})
         worker = Worker(settings, backend, health=health, server=server)
     except BaseException:
         server.shutdown()
