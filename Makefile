@@ -5,10 +5,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Detector weights for the demo and tests; the product takes them from DFMOD_FACES__WEIGHTS_DIR.
-SHARED_DIR ?= $(abspath ../shared)
-export DFMOD_SHARED_DIR := $(SHARED_DIR)
-export DFMOD_FACES__WEIGHTS_DIR ?= $(SHARED_DIR)/models
+# Everything the demo and tests need ships with the repository (YuNet weights as package data) or its dev extra
+# (the astronaut portrait in scikit-image). Optional extras (SCRFD weights): DFMOD_SHARED_DIR, see tests/conftest.py.
 PYTEST_ARGS ?=
 
 .PHONY: help setup tools schemas demo test test-unit test-integration lint stack-up stack-down stack-status bench soak clean

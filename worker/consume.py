@@ -135,3 +135,12 @@ class EventConsumer:
     def close(self) -> None:
         """Leave the group (dynamic members: the partitions move at once) and close the connections."""
         self._consumer.close(autocommit=False)
+
+    def lag(self, timeout_ms: int = 2000) -> dict[TopicPartition, int]:
+        """Per assigned partition: its end offset (asked of the broker) minus this consumer's position."""
+        assigned = list(self._consumer.assignment())
+        if not assigned:
+            return {}
+        ends = self._consumer.end_offsets(assigned, timeout_ms=timeout_ms)
+        positions = {tp: self._consumer.position(tp, timeout_ms=timeout_ms) for tp in assigned}
+        return {tp: max(0, ends[tp] - pos) for tp, pos in positions.items() if pos is not None and tp in ends}

@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaTimeoutError
 
-from worker.kafka_config import connection_config
+from worker.kafka_config import KafkaUnavailable, bootstrap_failed, connection_config
 from worker.settings import KafkaSettings
 
 
@@ -19,11 +20,22 @@ def follow(
     from_beginning: bool = False,
     timeout_s: float | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Yield verdict CloudEvents as dicts; stop after `timeout_s` without a new record (None: never)."""
+    """Yield verdict CloudEvents as dicts; stop after `timeout_s` without a new record (None: never).
+
+    `timeout_s` also bounds connecting (else the client's 30 s): no broker raises KafkaUnavailable.
+    """
     topic = topic or settings.verdicts_topic
-    consumer = KafkaConsumer(enable_auto_commit=False, group_id=None, **connection_config(settings))
+    connect_s = timeout_s if timeout_s is not None else 30.0
+    try:
+        consumer = KafkaConsumer(enable_auto_commit=False, group_id=None,
+                                 bootstrap_timeout_ms=int(connect_s * 1000), **connection_config(settings))
+    except KafkaTimeoutError as exc:
+        raise bootstrap_failed(settings, connect_s, exc) from exc
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            raise KafkaUnavailable(f"Kafka at {settings.bootstrap_servers} has no topic {topic} "
+                                   "(check DFMOD_KAFKA__VERDICTS_TOPIC)")
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         if from_beginning:

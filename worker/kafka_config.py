@@ -25,3 +25,14 @@ def connection_config(settings: KafkaSettings) -> dict[str, Any]:
         if value:
             config[key] = value
     return config
+
+
+class KafkaUnavailable(Exception):
+    """No broker answered within the bound, or a topic is missing; the message names the setting to check."""
+
+
+def bootstrap_failed(settings: KafkaSettings, timeout_s: float, exc: BaseException) -> KafkaUnavailable:
+    return KafkaUnavailable(
+        f"Kafka at {settings.bootstrap_servers} did not answer within {timeout_s:g} s "
+        f"({type(exc).__name__}; check DFMOD_KAFKA__BOOTSTRAP_SERVERS)"
+    )

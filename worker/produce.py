@@ -18,9 +18,10 @@ from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 from kafka import KafkaProducer
+from kafka.errors import KafkaTimeoutError
 
 from worker.contracts import MediaData, MediaEvent, now_iso
-from worker.kafka_config import connection_config
+from worker.kafka_config import bootstrap_failed, connection_config
 from worker.settings import KafkaSettings
 
 Mode = Literal["inline", "uri", "auto"]
@@ -73,8 +74,13 @@ def produce_events(
     settings: KafkaSettings, events: list[MediaEvent], timeout_s: float = 30.0,
     content_mode: ContentMode = "structured",
 ) -> None:
-    """Send events keyed by id with acks=all, and wait until the broker has every one."""
-    producer = KafkaProducer(acks="all", max_request_size=settings.max_message_bytes, **connection_config(settings))
+    """Send events keyed by id with acks=all, and wait until the broker has every one (`timeout_s` bounds both
+    connecting and each acknowledgement; no broker raises KafkaUnavailable)."""
+    try:
+        producer = KafkaProducer(acks="all", max_request_size=settings.max_message_bytes,
+                                 bootstrap_timeout_ms=int(timeout_s * 1000), **connection_config(settings))
+    except KafkaTimeoutError as exc:
+        raise bootstrap_failed(settings, timeout_s, exc) from exc
     try:
         futures = []
         for e in events:

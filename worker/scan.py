@@ -1,14 +1,112 @@
-"""`dfmod scan`: the same pipeline in-process, with ONNX Runtime instead of Triton and no servers at all."""
+"""`dfmod scan`: the same pipeline in-process, with ONNX Runtime instead of Triton and no servers at all.
+
+Output for people (a one-line-per-file table) and scripts (`--json`, and the exit codes of `ScanExit`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterable, Iterator
+from enum import IntEnum
 from pathlib import Path
 
-from worker.contracts import MediaData, Verdict
+from worker.contracts import MediaData, ModelInfo, Verdict
 from worker.engine import Engine
 from worker.infer.onnx_local import OnnxBackend
 from worker.settings import WorkerSettings
+
+#: What a directory walk picks up (a file named explicitly is always scanned, whatever its name).
+MEDIA_SUFFIXES = frozenset({
+    ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif",
+    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".flv", ".3gp",
+})
+COLUMNS = ("file", "status", "label", "score", "faces", "ms")
+
+
+class ScanExit(IntEnum):
+    """`dfmod scan` exit codes; a fake anywhere wins, so `[ $? -eq 1 ]` always means "something was flagged"."""
+
+    CLEAN = 0          # every file real, uncertain or without a face
+    FAKE = 1           # at least one file labelled fake
+    USAGE = 2          # a path is missing or unreadable, or a file was unusable (status rejected)
+    INFRASTRUCTURE = 3  # the model or detector cannot be loaded, or a file failed on our side (status error)
+
+
+class UsageError(Exception):
+    """A path the user gave cannot be scanned (exit 2)."""
+
+
+def collect_paths(paths: Iterable[Path]) -> list[Path]:
+    """The files to scan, in order: files as given, directories walked (sorted, media suffixes, no dot-files).
+
+    Every path is checked before anything is scanned, so a typo fails in a second, not after a long run.
+    """
+    files: list[Path] = []
+    for given in paths:
+        if not given.exists():
+            raise UsageError(f"no such file or directory: {given}")
+        if given.is_dir():
+            found = sorted(
+                p for p in given.rglob("*")
+                if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES
+                and not any(part.startswith(".") for part in p.relative_to(given).parts)
+            )
+            if not found:
+                raise UsageError(f"no media files under {given} (looked for {', '.join(sorted(MEDIA_SUFFIXES))})")
+            files += found
+        elif given.is_file():
+            files.append(given)
+        else:
+            raise UsageError(f"not a regular file: {given}")
+    for path in files:
+        if not os.access(path, os.R_OK):
+            raise UsageError(f"cannot read {path}: permission denied")
+    return files
+
+
+def exit_code(verdicts: Iterable[Verdict]) -> ScanExit:
+    statuses, labels = set(), set()
+    for verdict in verdicts:
+        statuses.add(verdict.data.status)
+        labels.add(verdict.data.label)
+    if "fake" in labels:
+        return ScanExit.FAKE
+    if "error" in statuses:
+        return ScanExit.INFRASTRUCTURE
+    if "rejected" in statuses:
+        return ScanExit.USAGE
+    return ScanExit.CLEAN
+
+
+def random_init_warning(model: ModelInfo) -> str | None:
+    """The banner for a model whose labels mean nothing."""
+    if model.weights != "random-init":
+        return None
+    return (f"warning: model {model.name}/{model.version} has random-init weights: its scores and labels mean "
+            "nothing (export a trained checkpoint with `dfmod-train export --checkpoint ...`)")
+
+
+def table_header() -> str:
+    return _row(COLUMNS)
+
+
+def table_row(verdict: Verdict, shown_as: str, ms: float) -> str:
+    """One file: its name as given, status (with the error code), label, media score, faces, wall ms."""
+    data = verdict.data
+    code = data.error.code.value if data.error else None
+    return _row((
+        shown_as,
+        data.status if code is None else f"{data.status}:{code}",
+        data.label or "-",
+        "-" if data.score is None else f"{data.score:.3f}",
+        str(data.faces_count),
+        f"{ms:.0f}",
+    ))
+
+
+def _row(cells: tuple[str, ...]) -> str:
+    file, status, label, score, faces, ms = cells
+    return f"{file:<40} {status:<26} {label:<9} {score:>6} {faces:>5} {ms:>7}"
 
 
 def scan(paths: list[Path], model_dir: Path, settings: WorkerSettings) -> Iterator[Verdict]:

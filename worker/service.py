@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from http.server import ThreadingHTTPServer
 from types import FrameType
 from typing import Protocol
 
@@ -58,6 +59,7 @@ class Consumer(Protocol):
     def rebalance_events(self) -> list[RebalanceEvent]: ...
     def set_paused(self, paused: bool, reason: str = "backpressure") -> None: ...
     def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
+    def lag(self) -> dict[TopicPartition, int]: ...
     def close(self) -> None: ...
 
 
@@ -153,6 +155,7 @@ class ConsumeLoop:
         self._take_all(records)
         self._forget_answered()
         self._commit_if_due()
+        metrics.observe_lag(self.consumer)
 
     def drain(self) -> None:
         """SIGTERM: stop taking work, let in-flight work finish within the grace period, commit.
@@ -371,9 +374,7 @@ class ConsumeLoop:
 
     def _publish(self, record: ConsumerRecord, event_id: str, data: VerdictData, acked: Ack,
                  ctx: dict[str, object]) -> None:
-        metrics.EVENTS.labels(data.status).inc()
-        if data.error is not None:
-            metrics.ERRORS.labels(data.error.code.value).inc()
+        metrics.observe_verdict(data)
         try:
             verdict = Verdict(id=event_id, source=self.settings.source, subject=data.media_sha256, data=data)
             self.publisher.publish_verdict(verdict, acked)
@@ -434,11 +435,14 @@ def _after(n: int, then: Ack) -> Ack:
 class Worker:
     """`dfmod worker`: the engine, the Kafka clients, the guard and the ops server around one `ConsumeLoop`."""
 
-    def __init__(self, settings: WorkerSettings, backend: InferenceBackend) -> None:
+    def __init__(self, settings: WorkerSettings, backend: InferenceBackend, health: HealthState | None = None,
+                 server: ThreadingHTTPServer | None = None) -> None:
+        """`health`/`server`: the operations server `dfmod worker` started before its start-up checks."""
         self.settings = settings
         self.engine = Engine(settings, backend)
         self.model = self.engine.model
-        self.health = HealthState()
+        self.health = health or HealthState()
+        self._server = server
         self.publisher = Publisher(settings.kafka)
         kafka = settings.kafka
         self.consumer = EventConsumer(kafka, [kafka.events_topic, kafka.retry_topic])
@@ -461,7 +465,7 @@ class Worker:
         signal.signal(signal.SIGINT, request_stop)
 
     def run(self) -> None:
-        server = serve(self.health, self.settings.http_host, self.settings.http_port)
+        server = self._server or serve(self.health, self.settings.http_host, self.settings.http_port)
         log.info("worker started", extra={"model": self.model.model_dump(), "topic": self.settings.kafka.events_topic})
         try:
             self.loop.run()  # drains and leaves the group on stop

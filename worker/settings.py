@@ -38,6 +38,8 @@ class KafkaSettings(BaseModel):
     #: On a revocation, how long the loop waits for the revoked partitions' in-flight work before it
     #: commits what is done and lets them go (the rest is redone by the next owner).
     revoke_wait_s: float = 10.0
+    #: How long `dfmod worker` start-up waits for the brokers to answer before it exits (code 15).
+    ready_timeout_s: float = 60.0
     #: The broker's `message.max.bytes`: producers' max request size, and the cap on DLQ payloads.
     max_message_bytes: int = 1_048_576
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -89,8 +91,12 @@ class DecodeSettings(BaseModel):
 class FaceSettings(BaseModel):
     """Face detector backend and crop geometry (DESIGN.md section 3: 5-point alignment, scale 1.3, 224x224)."""
 
+    #: yunet (default, Apache-2.0 weights shipped in the package), scrfd (insightface weights for
+    #: non-commercial research only, which the user supplies), haar (no landmarks; needs Debian's opencv-data).
     backend: Literal["yunet", "scrfd", "haar"] = "yunet"
-    weights_dir: Path = Path("models")
+    #: Folder holding the detector's weights. Unset: the YuNet weights shipped inside the package
+    #: (worker/faces/weights). Set: only this folder is searched (SCRFD's weights must be put here).
+    weights_dir: Path | None = None
     yunet_file: str = "yunet_n_dynamic.onnx"
     scrfd_file: str = "scrfd_500m_bnkps.onnx"
     score_threshold: float = 0.6
@@ -128,7 +134,7 @@ class TritonSettings(BaseModel):
     model_version: str = ""
     max_in_flight: int = 4
     timeout_s: float = 30.0
-    #: How long start-up waits for the model to become ready.
+    #: How long start-up waits for Triton to answer and the model to become ready (exit codes 12, 13).
     ready_timeout_s: float = 120.0
 
 

@@ -3,10 +3,11 @@
 #
 # Build from the repository root (BuildKit reads worker.Dockerfile.dockerignore beside this file):
 #   docker build -f deploy/docker/worker.Dockerfile -t dfmod-worker:0.1.0 .
-# Bake face-detector weights in (a folder holding yunet_n_dynamic.onnx and/or scrfd_500m_bnkps.onnx):
+# The default detector's weights (YuNet, Apache-2.0) are package data of the wheel: the image finds them without
+# DFMOD_FACES__WEIGHTS_DIR. Other weights (SCRFD: insightface terms, non-commercial research only, never shipped)
+# can be baked in and selected with DFMOD_FACES__WEIGHTS_DIR=/opt/dfmod/models:
 #   docker build -f deploy/docker/worker.Dockerfile --build-context weights=/path/to/models -t dfmod-worker:0.1.0 .
-# Without that build context the image carries no weights: mount a folder at DFMOD_FACES__WEIGHTS_DIR
-# (/opt/dfmod/models) or choose DFMOD_FACES__BACKEND=haar, whose cascade ships with OpenCV.
+# DFMOD_FACES__BACKEND=haar reads the cascade from Debian's opencv-data, installed below (OpenCV 5 wheels ship none).
 
 # Python 3.11 is the project's tested minor; trixie is the Debian release the slim images follow. Patch releases
 # float on purpose (security fixes); pin by digest in your registry for reproducible rebuilds.
@@ -41,16 +42,19 @@ ARG DFMOD_UID=10001
 LABEL org.opencontainers.image.title="dfmod-worker" \
       org.opencontainers.image.description="Kafka worker: faces -> Triton deepfake_clip -> verdicts" \
       org.opencontainers.image.licenses="Apache-2.0"
+# opencv-data: haarcascade_frontalface_default.xml for the haar backend (worker/faces/haar.py looks in
+# /usr/share/opencv4/haarcascades).
+RUN apt-get update && apt-get install -y --no-install-recommends opencv-data && rm -rf /var/lib/apt/lists/* \
+ && test -f /usr/share/opencv4/haarcascades/haarcascade_frontalface_default.xml
 RUN groupadd --system --gid ${DFMOD_UID} dfmod \
  && useradd --system --uid ${DFMOD_UID} --gid ${DFMOD_UID} --home-dir /home/dfmod --create-home \
       --shell /usr/sbin/nologin dfmod
 COPY --from=build /opt/dfmod /opt/dfmod
-# Root-owned: the dfmod user can read the weights, not replace them.
+# Root-owned: the dfmod user can read the weights, not replace them (used only when DFMOD_FACES__WEIGHTS_DIR points here).
 COPY --from=weights / /opt/dfmod/models/
 ENV PATH=/opt/dfmod/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    DFMOD_FACES__WEIGHTS_DIR=/opt/dfmod/models \
     DFMOD_HTTP_PORT=9100
 USER ${DFMOD_UID}:${DFMOD_UID}
 WORKDIR /home/dfmod

@@ -266,6 +266,14 @@ def values_schema() -> Schema:
                     "labels": STRING_MAP,
                     "errorRatio": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
                     "stageP95Seconds": {"type": "number", "exclusiveMinimum": 0},
+                    "saturation": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                    "lagRecords": integer(1),
+                    "runbookBaseUrl": {"type": "string", "pattern": "^https?://"},
+                    "workerSelector": STRING,
+                    "tritonSelector": STRING,
+                }),
+                "grafanaDashboard": obj({
+                    "enabled": BOOL, "labels": STRING_MAP, "annotations": STRING_MAP,
                 }),
             }),
             "networkPolicy": obj({

@@ -18,14 +18,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import SHARED, Stack, Topics, WorkerProcess, export_standin, produce
+from harness import Stack, Topics, WorkerProcess, astronaut_png, export_standin, produce
 
 from worker.produce import inline_event
 from worker.samples import encode_image, load_rgb, pan_zoom_video
 
 
 def backlog(n_images: int, n_videos: int) -> list[bytes]:
-    rgb = load_rgb(SHARED / "fixtures" / "astronaut.png")
+    rgb = load_rgb(astronaut_png())
     images = [encode_image(rgb, fmt="jpeg", quality=40 + (i % 60)) for i in range(n_images)]
     videos = [pan_zoom_video(rgb, seconds=1.0 + 0.05 * i, fps=15) for i in range(n_videos)]
     return images + videos

@@ -1,4 +1,4 @@
-"""`make demo`: media built from the shared astronaut portrait streams through a real worker.
+"""`make demo`: media built from the astronaut portrait (scikit-image data.astronaut()) streams through a worker.
 
 Starts the local stack (unless it is already up), exports the stand-in model if no model is there, starts a
 worker, produces events (a still, a short video, one corrupt file, then the still's bytes again, which must
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import REPO, SHARED, Stack, Topics, WorkerProcess, collect, export_standin
+from harness import REPO, Stack, Topics, WorkerProcess, astronaut_png, collect, export_standin
 
 from worker.produce import event_for_file, produce_events
 from worker.samples import corrupt, load_rgb, pan_zoom_video
@@ -28,7 +28,8 @@ MODEL_REPO = REPO / "triton_models"
 
 def build_media() -> dict[str, Path]:
     DEMO_DIR.mkdir(exist_ok=True)
-    still = SHARED / "fixtures" / "astronaut.png"
+    still = DEMO_DIR / "astronaut.png"
+    still.write_bytes(astronaut_png().read_bytes())
     video = DEMO_DIR / "astronaut_pan.mp4"
     video.write_bytes(pan_zoom_video(load_rgb(still), seconds=3.0, fps=15))
     broken = DEMO_DIR / "corrupt.mp4"

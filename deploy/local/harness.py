@@ -22,7 +22,16 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 STACK_SH = REPO / "deploy" / "local" / "stack.sh"
-SHARED = Path(os.environ.get("DFMOD_SHARED_DIR", REPO.parent / "shared")).resolve()
+
+
+def astronaut_png() -> Path:
+    """The sample portrait: scikit-image's bundled data.astronaut() file (NASA, public domain; dev extra)."""
+    from importlib import resources
+
+    path = Path(str(resources.files("skimage.data") / "astronaut.png"))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing: install the dev extra (scikit-image ships the portrait)")
+    return path
 
 
 def free_port() -> int:
@@ -125,7 +134,6 @@ class WorkerProcess:
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.http_port = free_port()
         self.env = {**os.environ, **env, "DFMOD_HTTP_PORT": str(self.http_port), "DFMOD_HTTP_HOST": "127.0.0.1"}
-        self.env.setdefault("DFMOD_FACES__WEIGHTS_DIR", str(SHARED / "models"))
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 

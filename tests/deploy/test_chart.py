@@ -18,7 +18,6 @@ import os
 import re
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -30,6 +29,8 @@ from pydantic import BaseModel
 
 import worker.metrics  # noqa: F401  (registers the worker's metrics in REGISTRY)
 from worker.settings import WorkerSettings
+
+from .conftest import Tools
 
 # Cold tool builds take minutes (helm compiles half of Kubernetes); everything else takes seconds.
 pytestmark = pytest.mark.timeout(1800)
@@ -45,28 +46,6 @@ RELEASE, NAMESPACE = "dfmod", "dfmod"
 WORKER, TRITON = f"{RELEASE}-worker", f"{RELEASE}-triton"
 
 Manifest = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Tools:
-    helm: Path
-    kubeconform: Path
-    compose: Path
-    dockerfile_check: Path
-    promql_check: Path
-
-
-@pytest.fixture(scope="session")
-def tools() -> Tools:
-    """Build (or find cached) the pinned tools; failing to build them fails the tests."""
-    out = subprocess.run(
-        [str(REPO / "deploy" / "tools.sh")], capture_output=True, text=True, timeout=1700, check=False
-    )
-    if out.returncode != 0:
-        pytest.fail(f"deploy/tools.sh failed ({out.returncode}):\n{out.stdout}\n{out.stderr[-4000:]}")
-    paths = {line.split()[0]: Path(line.split()[1]) for line in out.stdout.splitlines() if line.strip()}
-    return Tools(helm=paths["helm"], kubeconform=paths["kubeconform"], compose=paths["docker-compose"],
-                 dockerfile_check=paths["dockerfile-check"], promql_check=paths["promql-check"])
 
 
 def run(args: list[str | Path], stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -242,7 +221,7 @@ def test_production_renders_keda_monitoring_and_policies(production: list[Manife
         ("ServiceAccount", RELEASE), ("PodDisruptionBudget", WORKER), ("PodDisruptionBudget", TRITON),
         ("ScaledObject", WORKER), ("TriggerAuthentication", f"{WORKER}-kafka"),
         ("ServiceMonitor", WORKER), ("ServiceMonitor", TRITON), ("PrometheusRule", RELEASE),
-        ("NetworkPolicy", WORKER), ("NetworkPolicy", TRITON),
+        ("ConfigMap", f"{RELEASE}-dashboard"), ("NetworkPolicy", WORKER), ("NetworkPolicy", TRITON),
     ])
     scaled = one(production, "ScaledObject", WORKER)["spec"]
     trigger = scaled["triggers"][0]

@@ -1,4 +1,4 @@
-"""Media for integration tests, built from the shared fixture at test time (no binaries committed)."""
+"""Media for integration tests, built from the astronaut portrait at test time (no binaries committed)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from harness import SHARED
+from harness import astronaut_png
 
 from worker.samples import corrupt, encode_image, load_rgb, mosaic, pan_zoom_video
 
-ASTRONAUT = SHARED / "fixtures" / "astronaut.png"  # $DFMOD_SHARED_DIR, else ../shared
+ASTRONAUT = astronaut_png()
 
 
 def still_png() -> bytes:

@@ -18,15 +18,38 @@ from worker.faces.factory import DetectorWeightsMissing, ThreadLocalDetector, cr
 from worker.settings import DecodeSettings, FaceSettings
 from worker.types import Detection, FaceDetector, Frame, RGBImage
 
-#: Where YuNet finds the astronaut's face (x, y, w, h): shared/models/README.md.
+#: Where YuNet finds the astronaut's face (x, y, w, h): worker/faces/weights/README.md's model on data.astronaut().
 ASTRONAUT_BOX = (178.0, 65.0, 91.0, 111.0)
 Backend = Literal["yunet", "scrfd", "haar"]
-LANDMARK_BACKENDS: list[Backend] = ["yunet", "scrfd"]
+#: SCRFD's weights are user-supplied (non-commercial terms), so its cases need the optional extras.
+LANDMARK_BACKENDS = ["yunet", pytest.param("scrfd", marks=pytest.mark.needs_shared)]
+
+
+class _Detectors(dict[str, FaceDetector]):
+    """Detectors built on first use, so a deselected backend's weights are never asked for."""
+
+    def __init__(self, models_dir: Path) -> None:
+        super().__init__()
+        self._models_dir = models_dir
+
+    def __missing__(self, backend: Backend) -> FaceDetector:
+        detector = self[backend] = create_detector(FaceSettings(backend=backend, weights_dir=self._models_dir))
+        return detector
 
 
 @pytest.fixture(scope="module")
 def detectors(models_dir: Path) -> dict[str, FaceDetector]:
-    return {b: create_detector(FaceSettings(backend=b, weights_dir=models_dir)) for b in LANDMARK_BACKENDS}
+    return _Detectors(models_dir)
+
+
+def test_default_settings_use_the_packaged_yunet_weights(astronaut_rgb: RGBImage) -> None:
+    found = create_detector(FaceSettings()).detect(astronaut_rgb)  # no weights_dir: the wheel's own weights
+    assert len(found) == 1 and iou(found[0].box, ASTRONAUT_BOX) > 0.7
+
+
+def test_scrfd_without_a_weights_dir_says_it_is_not_shipped() -> None:
+    with pytest.raises(DetectorWeightsMissing, match=r"non-commercial.*DFMOD_FACES__WEIGHTS_DIR"):
+        create_detector(FaceSettings(backend="scrfd"))
 
 
 def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:

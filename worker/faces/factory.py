@@ -18,6 +18,8 @@ from worker.settings import FaceSettings
 from worker.types import Detection, FaceDetector, RGBImage
 
 WEIGHTS_SETTING = "DFMOD_FACES__WEIGHTS_DIR"
+#: The default detector's weights ship as package data (YuNet, Apache-2.0; README.md and NOTICE there).
+PACKAGED_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
 class DetectorWeightsMissing(FileNotFoundError):
@@ -44,9 +46,19 @@ class ThreadLocalDetector:
         return self._detector().detect(rgb)
 
 
+def weights_dir(settings: FaceSettings) -> Path:
+    """The folder the detector's weights are read from: the configured one, else the packaged one."""
+    return Path(settings.weights_dir) if settings.weights_dir is not None else PACKAGED_WEIGHTS_DIR
+
+
 def _weights(settings: FaceSettings, file_name: str, backend: str) -> Path:
-    path = Path(settings.weights_dir) / file_name
+    path = weights_dir(settings) / file_name
     if not path.is_file():
+        if backend == "scrfd" and settings.weights_dir is None:
+            raise DetectorWeightsMissing(
+                f"scrfd weights are not shipped (insightface model terms: non-commercial research only): put "
+                f"{file_name} in a folder and point {WEIGHTS_SETTING} at it, or use the yunet backend"
+            )
         raise DetectorWeightsMissing(
             f"{backend} detector weights not found at {path.resolve()}: put {file_name} there or point "
             f"{WEIGHTS_SETTING} (FaceSettings.weights_dir) at the folder that holds it"
@@ -56,13 +68,13 @@ def _weights(settings: FaceSettings, file_name: str, backend: str) -> Path:
 
 def _haar_cascade(settings: FaceSettings) -> Path:
     require_cascade_classifier()  # checked first: a cascade file alone would not help
-    candidates = cascade_candidates(settings.weights_dir)
+    candidates = cascade_candidates(weights_dir(settings))
     for candidate in candidates:
         if candidate.is_file():
             return candidate
     raise DetectorWeightsMissing(
-        f"haar cascade not found (looked at {', '.join(str(c) for c in candidates)}): OpenCV 5 ships none; "
-        f"put it in {WEIGHTS_SETTING} (FaceSettings.weights_dir)"
+        f"haar cascade not found (looked at {', '.join(str(c) for c in candidates)}): OpenCV 5 wheels ship "
+        f"none; install Debian's opencv-data (deploy/local/system-deps.sh) or put it in {WEIGHTS_SETTING}"
     )
 
 
