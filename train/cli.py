@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "train.evaluate",
     "calibrate": "train.calibrate",
     "export": "train.export",
+    "import": "train.released.command",
 }
 
 
