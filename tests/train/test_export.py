@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import re
 import shutil
 import sys
 import types
@@ -24,9 +23,9 @@ from train.checkpoint import save_checkpoint
 from train.export import MODEL_NAME, ExportReport, ParityError, export_repository, render_config
 from train.factory import create_detector
 from train.model import DeepfakeDetector, ServingModel
+from worker.model_config import parse_parameters
 from worker.version import PREPROCESSING_VERSION
 
-PARAM_RE = re.compile(r'parameters\s*\{\s*key:\s*"([^"]+)"\s*value:\s*\{\s*string_value:\s*"([^"]*)"\s*\}\s*\}')
 
 
 def _faces(n: int, seed: int) -> np.ndarray:
@@ -71,14 +70,15 @@ def test_config_is_valid_triton_config_with_the_contract(exported: ExportReport)
     assert list(outputs["embedding"].dims) == [64]
     assert all(o.data_type == model_config_pb2.TYPE_FP32 for o in cfg.output)
     assert cfg.HasField("dynamic_batching")
-    assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
-    # the simple one-line-per-key form the serverless `dfmod scan` parses with a regex
-    params = dict(PARAM_RE.findall(text))
+    assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_AUTO  # --device auto
+    # the worker's reader (worker.model_config) sees exactly what Triton's schema parses
+    params = parse_parameters(text)
     assert params == {k: v.string_value for k, v in cfg.parameters.items()}
     assert params["threshold"] == "0.42" and params["uncertain_band"] == "0.1"
     assert params["weights"] == "random-init" and params["arch"] == "tiny" and params["feature_dim"] == "64"
     assert params["preprocessing_version"] == PREPROCESSING_VERSION
-    assert params["checkpoint_sha256"] == ""
+    assert params["checkpoint_sha256"] == "" and params["weights_sha256"] == ""
+    assert params["head_norm"] == "true"
 
 
 @pytest.mark.parametrize("batch", [1, 5])
@@ -108,7 +108,7 @@ def test_second_version_with_onnxruntime_backend_keeps_the_first(
 ) -> None:
     out = tmp_path / "triton_models"
     shutil.copytree(Path(exported.model_dir).parent, out)
-    report = export_repository(detector, out, backend="onnxruntime", version=2, tensorrt=True)
+    report = export_repository(detector, out, backend="onnxruntime", version=2, tensorrt=True, device="gpu")
     model_dir = Path(report.model_dir)
     assert (model_dir / "1" / "model.onnx").exists()  # version 1 untouched
     assert sorted(p.name for p in (model_dir / "2").iterdir()) == ["model.onnx"]
@@ -126,6 +126,10 @@ def test_render_config_rejects_bad_combinations() -> None:
         render_config(backend="tensorflow", feature_dim=8, max_batch=8, parameters={})
     with pytest.raises(ValueError):
         render_config(backend="python", feature_dim=8, max_batch=0, parameters={})
+    with pytest.raises(ValueError, match="GPU"):
+        render_config(backend="onnxruntime", feature_dim=8, max_batch=8, parameters={}, tensorrt=True, device="cpu")
+    with pytest.raises(ValueError):
+        render_config(backend="onnxruntime", feature_dim=8, max_batch=8, parameters={}, device="tpu")
     text = render_config(backend="python", feature_dim=8, max_batch=8, parameters={"weights": 'a"b\\c'})
     assert _parse(text).parameters["weights"].string_value == 'a"b\\c'
 
@@ -138,9 +142,9 @@ def test_cli_exports_a_checkpoint_with_its_calibration(detector: DeepfakeDetecto
     out = tmp_path / "repo"
     args = parser.parse_args(["export", "--checkpoint", str(ck), "--out", str(out), "--json"])
     assert args.func(args) == 0
-    params = dict(PARAM_RE.findall((out / MODEL_NAME / "config.pbtxt").read_text()))
+    params = parse_parameters((out / MODEL_NAME / "config.pbtxt").read_text())
     assert params["threshold"] == "0.37" and params["uncertain_band"] == "0.05"
-    assert params["checkpoint_sha256"] == sha
+    assert params["checkpoint_sha256"] == sha and params["weights_sha256"] == sha
     args = parser.parse_args(["export", "--arch", "tiny", "--out", str(tmp_path / "r2"), "--tolerance", "-1"])
     assert args.func(args) != 0
     assert not (tmp_path / "r2").exists()

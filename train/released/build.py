@@ -62,7 +62,8 @@ def build_detector(release: Release, tolerance: float = TOLERANCE) -> tuple[Deep
     arch = arch_for(shape)
     if arch is None:
         raise ReleaseError(
-            release.file, f"no dfmod arch has this CLIP tower (width {shape.width}, {shape.layers} layers, "
+            release.file,
+            f"no dfmod arch has this CLIP tower (width {shape.width}, {shape.layers} layers, "
             f"patch {shape.patch_size}, image {shape.image_size}, mlp {shape.mlp_width})",
         )
     if release.backbone_name is not None and KNOWN_BACKBONES.get(release.backbone_name) != arch:
@@ -113,9 +114,7 @@ def _verify(release: Release, detector: DeepfakeDetector, tolerance: float) -> B
     x = probe_faces()
     with torch.no_grad():
         pooled = detector._pooled(x)
-        ours = {
-            norm: _p_fake(detector.head(F.normalize(pooled, dim=-1) if norm else pooled)) for norm in (True, False)
-        }
+        ours = {norm: _p_fake(detector.head(F.normalize(pooled, dim=-1) if norm else pooled)) for norm in (True, False)}
         reference, name, tol = _reference(release, detector.arch, tolerance)
         ref = reference(x)
     candidates = [release.head_norm] if release.head_norm is not None else [True, False]
@@ -123,7 +122,8 @@ def _verify(release: Release, detector: DeepfakeDetector, tolerance: float) -> B
     head_norm = min(diffs, key=lambda k: diffs[k])
     if not diffs[head_norm] <= tol:
         raise ReleaseError(
-            release.file, f"the imported model disagrees with {name}: max |p(fake) diff| {diffs[head_norm]:.3g} > {tol:g}"
+            release.file,
+            f"the imported model disagrees with {name}: max |p(fake) diff| {diffs[head_norm]:.3g} > {tol:g}",
         )
     return BuildReport(arch=detector.arch, head_norm=head_norm, reference=name, max_abs_diff=diffs[head_norm])
 

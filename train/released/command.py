@@ -37,9 +37,7 @@ class ImportReport:
     seconds: float
 
 
-def import_release(
-    source: str, out: Path, *, revision: str | None = None, filename: str | None = None
-) -> ImportReport:
+def import_release(source: str, out: Path, *, revision: str | None = None, filename: str | None = None) -> ImportReport:
     """Read, map, check and write; raises ReleaseError (nothing written) on anything not understood."""
     from train.checkpoint import save_checkpoint
     from train.released.build import build_detector
@@ -53,9 +51,17 @@ def import_release(
     extra = {"threshold": RELEASED_THRESHOLD, "uncertain_band": 0.0, "threshold_source": "released (authors' 0.5)"}
     checkpoint_sha = save_checkpoint(out, detector, {}, extra)
     return ImportReport(
-        out=str(out), format=release.format, source=release.source, revision=release.revision,
-        sha256=release.sha256, arch=report.arch, head_norm=report.head_norm, reference=report.reference,
-        max_abs_diff=report.max_abs_diff, checkpoint_sha256=checkpoint_sha, seconds=time.perf_counter() - start,
+        out=str(out),
+        format=release.format,
+        source=release.source,
+        revision=release.revision,
+        sha256=release.sha256,
+        arch=report.arch,
+        head_norm=report.head_norm,
+        reference=report.reference,
+        max_abs_diff=report.max_abs_diff,
+        checkpoint_sha256=checkpoint_sha,
+        seconds=time.perf_counter() - start,
     )
 
 

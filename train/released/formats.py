@@ -101,7 +101,9 @@ def detect(path: Path) -> tuple[str, Path]:
     if path.suffix == ".safetensors" or path.name == "config.json":
         raise ReleaseError(path, "a GenD release is a folder (config.json + model.safetensors): pass the folder")
     if not zipfile.is_zipfile(path):
-        raise ReleaseError(path, "not a PyTorch checkpoint or TorchScript archive (not a zip archive: truncated or another format)")
+        raise ReleaseError(
+            path, "not a PyTorch checkpoint or TorchScript archive (not a zip archive: truncated or another format)"
+        )
     try:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
@@ -124,10 +126,14 @@ def check_backbone_name(file: Path, name: Any, key: str) -> str:
         return name
     if "clip" not in name.lower():
         raise ReleaseError(
-            file, f"backbone {name!r} is not a CLIP ViT; dfmod imports CLIP backbones only "
-            f"({', '.join(k for k in KNOWN_BACKBONES if k.startswith('openai/'))})", key,
+            file,
+            f"backbone {name!r} is not a CLIP ViT; dfmod imports CLIP backbones only "
+            f"({', '.join(k for k in KNOWN_BACKBONES if k.startswith('openai/'))})",
+            key,
         )
-    raise ReleaseError(file, f"CLIP backbone {name!r} is not one dfmod serves (224 px OpenAI CLIP ViT-B/16, B/32, L/14)", key)
+    raise ReleaseError(
+        file, f"CLIP backbone {name!r} is not one dfmod serves (224 px OpenAI CLIP ViT-B/16, B/32, L/14)", key
+    )
 
 
 def head_norm_of(file: Path, head: Any, key: str) -> bool:
@@ -142,9 +148,13 @@ def _head(file: Path, sd: Mapping[str, Tensor], weight_key: str, bias_key: str) 
             raise ReleaseError(file, "missing (the linear head)", key)
     weight, bias = sd[weight_key], sd[bias_key]
     if weight.dim() != 2 or bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
-        raise ReleaseError(file, f"head shapes {tuple(weight.shape)} / {tuple(bias.shape)} are not (C, D) / (C,)", weight_key)
+        raise ReleaseError(
+            file, f"head shapes {tuple(weight.shape)} / {tuple(bias.shape)} are not (C, D) / (C,)", weight_key
+        )
     if weight.shape[0] != 2:
-        raise ReleaseError(file, f"{weight.shape[0]} classes; dfmod serves binary real/fake detectors (2 classes)", weight_key)
+        raise ReleaseError(
+            file, f"{weight.shape[0]} classes; dfmod serves binary real/fake detectors (2 classes)", weight_key
+        )
     return weight.detach().float(), bias.detach().float()
 
 
@@ -160,7 +170,7 @@ def merge_ln_tuning(file: Path, sd: Mapping[str, Tensor], prefix: str) -> dict[s
     for key, value in sd.items():
         if not key.startswith(prefix):
             continue
-        name = key[len(prefix):]
+        name = key[len(prefix) :]
         if ".ln_tuning_layers." in name:
             module, _, param = name.partition(".ln_tuning_layers.")
             if not param.startswith("default.") or param.count(".") != 1:
@@ -178,7 +188,9 @@ def merge_ln_tuning(file: Path, sd: Mapping[str, Tensor], prefix: str) -> dict[s
     return out
 
 
-def _only(file: Path, sd: Mapping[str, Tensor], allowed_prefixes: tuple[str, ...], allowed_keys: tuple[str, ...]) -> None:
+def _only(
+    file: Path, sd: Mapping[str, Tensor], allowed_prefixes: tuple[str, ...], allowed_keys: tuple[str, ...]
+) -> None:
     for key in sd:
         if key in allowed_keys or key.startswith(allowed_prefixes):
             continue
@@ -212,18 +224,31 @@ def read_lightning(file: Path) -> Release:
         raise ReleaseError(file, "not a deepfake-detection checkpoint (no hyper_parameters)", "hyper_parameters")
     sd = _tensors(file, ckpt["state_dict"], "state_dict")
     if not any(k.startswith(CKPT_BACKBONE) for k in sd):
-        raise ReleaseError(file, f"no CLIP vision tower under {CKPT_BACKBONE!r} (not a deepfake-detection CLIP checkpoint)", "state_dict")
+        raise ReleaseError(
+            file,
+            f"no CLIP vision tower under {CKPT_BACKBONE!r} (not a deepfake-detection CLIP checkpoint)",
+            "state_dict",
+        )
     _only(file, sd, (CKPT_BACKBONE,), HEAD_KEYS)
     num_classes = hp.get("num_classes", 2)
     if num_classes != 2:
-        raise ReleaseError(file, f"num_classes is {num_classes}; dfmod serves binary real/fake detectors", "hyper_parameters.num_classes")
+        raise ReleaseError(
+            file,
+            f"num_classes is {num_classes}; dfmod serves binary real/fake detectors",
+            "hyper_parameters.num_classes",
+        )
     name = check_backbone_name(file, _str(hp.get("backbone")), "hyper_parameters.backbone")
     head_norm = head_norm_of(file, _str(hp.get("head")), "hyper_parameters.head")
     _refuse_lora(file, hp)
     weight, bias = _head(file, sd, *HEAD_KEYS)
     return Release(
-        format=LIGHTNING, file=file, backbone=merge_ln_tuning(file, sd, CKPT_BACKBONE),
-        head_weight=weight, head_bias=bias, head_norm=head_norm, backbone_name=name,
+        format=LIGHTNING,
+        file=file,
+        backbone=merge_ln_tuning(file, sd, CKPT_BACKBONE),
+        head_weight=weight,
+        head_bias=bias,
+        head_norm=head_norm,
+        backbone_name=name,
         hyper_parameters=_plain(dict(hp)),
     )
 
@@ -245,7 +270,11 @@ def read_torchscript(file: Path) -> Release:
     sd = _tensors(file, dict(traced.state_dict()), "state_dict")
     prefixes = {k[: k.index("vision_model.") + len("vision_model.")] for k in sd if "vision_model." in k}
     if len(prefixes) != 1:
-        problem = "no CLIP vision tower (no vision_model.* tensors)" if not prefixes else f"several vision towers {sorted(prefixes)}"
+        problem = (
+            "no CLIP vision tower (no vision_model.* tensors)"
+            if not prefixes
+            else f"several vision towers {sorted(prefixes)}"
+        )
         raise ReleaseError(file, problem, "state_dict")
     (prefix,) = prefixes
     heads = sorted(k for k in sd if not k.startswith(prefix) and k.endswith("linear.weight"))
@@ -256,8 +285,14 @@ def read_torchscript(file: Path) -> Release:
     _only(file, sd, (prefix,), (head_w, head_b))
     weight, bias = _head(file, sd, head_w, head_b)
     return Release(
-        format=TORCHSCRIPT, file=file, backbone=merge_ln_tuning(file, sd, prefix),
-        head_weight=weight, head_bias=bias, head_norm=None, backbone_name=None, traced=traced,
+        format=TORCHSCRIPT,
+        file=file,
+        backbone=merge_ln_tuning(file, sd, prefix),
+        head_weight=weight,
+        head_bias=bias,
+        head_norm=None,
+        backbone_name=None,
+        traced=traced,
     )
 
 
@@ -288,11 +323,17 @@ def read_gend(folder: Path) -> Release:
     if not any(k.startswith(GEND_BACKBONE) for k in sd):
         raise ReleaseError(weights_file, f"no CLIP vision tower under {GEND_BACKBONE!r}", "feature_extractor")
     _only(weights_file, sd, (GEND_BACKBONE,), HEAD_KEYS + GEND_UNUSED)
-    backbone = {k[len(GEND_BACKBONE):]: v for k, v in sd.items() if k.startswith(GEND_BACKBONE)}
+    backbone = {k[len(GEND_BACKBONE) :]: v for k, v in sd.items() if k.startswith(GEND_BACKBONE)}
     weight, bias = _head(weights_file, sd, *HEAD_KEYS)
     return Release(
-        format=GEND, file=weights_file, backbone=backbone, head_weight=weight, head_bias=bias,
-        head_norm=head_norm, backbone_name=name, hyper_parameters=_plain(config),
+        format=GEND,
+        file=weights_file,
+        backbone=backbone,
+        head_weight=weight,
+        head_bias=bias,
+        head_norm=head_norm,
+        backbone_name=name,
+        hyper_parameters=_plain(config),
     )
 
 

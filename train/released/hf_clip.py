@@ -140,7 +140,10 @@ def _arch_shape(arch: str) -> TowerShape:
     cfg = arch_spec(arch).resolved_vision_cfg()
     width, patch = int(cfg["width"]), int(cfg["patch_size"])
     return TowerShape(
-        width, int(cfg["layers"]), patch, int(cfg.get("image_size", IMAGE_SIZE)),
+        width,
+        int(cfg["layers"]),
+        patch,
+        int(cfg.get("image_size", IMAGE_SIZE)),
         int(width * float(cfg.get("mlp_ratio", 4.0))),
     )
 

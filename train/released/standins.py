@@ -109,11 +109,24 @@ def lightning_module(arch: str = "tiny", *, head_norm: bool = True, num_classes:
 def hyper_parameters(backbone: str, head_norm: bool, num_classes: int = 2) -> dict[str, Any]:
     """The keys of the authors' Config that an import reads (src/config.py:83-101), as model_dump() writes them."""
     return {
-        "run_name": "standin", "seed": 42, "num_classes": num_classes, "backbone": backbone,
-        "freeze_feature_extractor": True, "head": "LinearNorm" if head_norm else "linear",
-        "peft": {"enabled": True, "lora": {"enabled": False}, "ln_tuning": {"enabled": True, "target_modules": LN_TARGETS}},
-        "slerp_feature_augmentation": True, "lr": 8e-5, "min_lr": 5e-5, "max_epochs": 10, "batch_size": 128,
-        "precision": "bf16-mixed", "loss": {"ce_labels": 1.0, "uniformity": 0.0, "alignment_labels": 0.0},
+        "run_name": "standin",
+        "seed": 42,
+        "num_classes": num_classes,
+        "backbone": backbone,
+        "freeze_feature_extractor": True,
+        "head": "LinearNorm" if head_norm else "linear",
+        "peft": {
+            "enabled": True,
+            "lora": {"enabled": False},
+            "ln_tuning": {"enabled": True, "target_modules": LN_TARGETS},
+        },
+        "slerp_feature_augmentation": True,
+        "lr": 8e-5,
+        "min_lr": 5e-5,
+        "max_epochs": 10,
+        "batch_size": 128,
+        "precision": "bf16-mixed",
+        "loss": {"ce_labels": 1.0, "uniformity": 0.0, "alignment_labels": 0.0},
     }
 
 
@@ -124,7 +137,9 @@ def save_lightning_ckpt(
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
         {
-            "epoch": 9, "global_step": 1000, "pytorch-lightning_version": "2.5.0",
+            "epoch": 9,
+            "global_step": 1000,
+            "pytorch-lightning_version": "2.5.0",
             "state_dict": module.state_dict(),
             "hyper_parameters": hyper_parameters(backbone, head_norm, num_classes),
         },
@@ -162,8 +177,11 @@ def save_gend_folder(module: StandIn, folder: Path, backbone: str, *, head_norm:
 
     folder.mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = {
-        "architectures": ["GenD"], "backbone": backbone, "model_type": "GenD",
-        "torch_dtype": "float32", "transformers_version": "4.56.2",
+        "architectures": ["GenD"],
+        "backbone": backbone,
+        "model_type": "GenD",
+        "torch_dtype": "float32",
+        "transformers_version": "4.56.2",
     }
     if head_norm is not None:
         config["head"] = "LinearNorm" if head_norm else "linear"
