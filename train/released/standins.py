@@ -19,6 +19,7 @@ save them the way the authors did:
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,9 @@ def lightning_module(arch: str = "tiny", *, head_norm: bool = True, num_classes:
     from peft import LNTuningConfig, get_peft_model
 
     torch.manual_seed(seed)
-    encoder = get_peft_model(ClipEncoder(arch, projection=False), LNTuningConfig(target_modules=LN_TARGETS))
+    with warnings.catch_warnings():  # peft warns on plain nn.LayerNorm targets, which LN-tuning is made for
+        warnings.simplefilter("ignore", UserWarning)
+        encoder = get_peft_model(ClipEncoder(arch, projection=False), LNTuningConfig(target_modules=LN_TARGETS))
     module = StandIn(encoder, LinearProbe(_dim(arch), num_classes, head_norm))
     _perturb_trained_layernorms(module, seed)
     return module.eval()
