@@ -162,6 +162,36 @@ def render_config(
     return config_text(config)
 
 
+def python_requirements() -> str:
+    """What model.py imports besides Triton's own module, pinned to the versions the parity check ran with."""
+    import onnxruntime
+
+    return (
+        "# Python packages the deepfake_clip python-backend model (1/model.py) imports; torch is not needed.\n"
+        f"numpy=={np.__version__}\nonnxruntime=={onnxruntime.__version__}\n"
+    )
+
+
+def placement_problem(config_text: str, gpus: int) -> str | None:
+    """Why Triton with `gpus` GPUs could not load this config.pbtxt, or None when it can.
+
+    KIND_GPU instances and the TensorRT accelerator need a GPU; KIND_CPU and KIND_AUTO load anywhere.
+    The chart (`triton.gpus`) and compose (with or without the GPU override) are checked against it.
+    """
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    from worker.model_config import parse_config
+
+    config = parse_config(config_text)
+    if gpus > 0:
+        return None
+    if any(g.kind == pb.ModelInstanceGroup.KIND_GPU for g in config.instance_group):
+        return "instance_group kind KIND_GPU needs a GPU (export with --device auto or cpu)"
+    if config.optimization.execution_accelerators.gpu_execution_accelerator:
+        return "the TensorRT accelerator needs a GPU (export without --tensorrt)"
+    return None
+
+
 def _install(staged_model: Path, out_dir: Path, version: int) -> None:
     """Move a staged model directory into `out_dir`, replacing only its config and this version."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -173,7 +203,9 @@ def _install(staged_model: Path, out_dir: Path, version: int) -> None:
     if version_dir.exists():
         shutil.rmtree(version_dir)
     os.replace(staged_model / str(version), version_dir)
-    os.replace(staged_model / "config.pbtxt", target / "config.pbtxt")
+    for extra in staged_model.iterdir():  # config.pbtxt, requirements.txt, a packed environment
+        if extra.is_file():
+            os.replace(extra, target / extra.name)
 
 
 def export_repository(
@@ -193,6 +225,7 @@ def export_repository(
     instances: int = 1,
     parity_batches: Sequence[int] = (1, 4),
     device: str = "auto",
+    execution_env: Path | None = None,
 ) -> ExportReport:
     """Write `<out_dir>/deepfake_clip/{config.pbtxt,<version>/model.onnx[,model.py]}`; raise ParityError
     (writing nothing) when ONNX Runtime and PyTorch differ by more than `tolerance`.
@@ -219,6 +252,13 @@ def export_repository(
         "weights_sha256": detector.weights_sha256 or checkpoint_sha256,
         "head_norm": "true" if detector.head_norm else "false",
     }
+    if execution_env is not None:
+        if backend != "python":
+            raise ValueError("--execution-env applies to --backend python")
+        if not execution_env.is_file() or not execution_env.name.endswith(".tar.gz"):
+            raise ValueError(f"--execution-env must be a conda-pack .tar.gz file, not {execution_env}")
+        # python backend: a packed environment beside config.pbtxt, unpacked by Triton before model.py runs
+        parameters["EXECUTION_ENV_PATH"] = f"$$TRITON_MODEL_DIRECTORY/{execution_env.name}"
     if detector.imported:
         parameters["weights_format"] = str(detector.imported.get("format", ""))
         parameters["weights_revision"] = str(detector.imported.get("revision", ""))
@@ -248,6 +288,9 @@ def export_repository(
             )
         if backend == "python":
             shutil.copyfile(TEMPLATE, version_dir / "model.py")
+            (staged / "requirements.txt").write_text(python_requirements())
+            if execution_env is not None:
+                shutil.copyfile(execution_env, staged / execution_env.name)
         (staged / "config.pbtxt").write_text(rendered)
         onnx_bytes = sum(p.stat().st_size for p in version_dir.glob("model.onnx*"))
         _install(staged, out_dir, version)
@@ -289,6 +332,10 @@ def register(subparsers: Any) -> None:
         help="Triton instance kind: auto = GPU when Triton has one, else CPU (KIND_AUTO); cpu; gpu (default: auto)",
     )
     p.add_argument("--tensorrt", action="store_true", help="onnxruntime backend: TensorRT accelerator on GPU")
+    p.add_argument(
+        "--execution-env", type=Path, default=None,
+        help="python backend: a conda-pack .tar.gz with numpy + onnxruntime for Triton images whose Python lacks them",
+    )
     p.add_argument("--version", type=int, default=1)
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--max-queue-delay-us", type=int, default=2000)
@@ -333,6 +380,7 @@ def run(args: argparse.Namespace) -> int:
                 max_queue_delay_us=args.max_queue_delay_us,
                 instances=args.instances,
                 device=args.device,
+                execution_env=args.execution_env,
             )
     except (ParityError, ValueError) as e:
         console.print(f"[red]refused:[/red] {e}")

@@ -51,7 +51,9 @@ def exported(detector: DeepfakeDetector, tmp_path_factory: pytest.TempPathFactor
 def test_python_backend_repository_layout(exported: ExportReport) -> None:
     model_dir = Path(exported.model_dir)
     assert model_dir.name == MODEL_NAME
-    assert sorted(p.name for p in model_dir.iterdir()) == ["1", "config.pbtxt"]
+    assert sorted(p.name for p in model_dir.iterdir()) == ["1", "config.pbtxt", "requirements.txt"]
+    requirements = (model_dir / "requirements.txt").read_text()
+    assert f"onnxruntime=={ort.__version__}" in requirements and f"numpy=={np.__version__}" in requirements
     assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["model.onnx", "model.py"]
     assert exported.onnx_bytes == (model_dir / "1" / "model.onnx").stat().st_size > 0
     assert exported.max_abs_diff <= 1e-4
@@ -117,6 +119,21 @@ def test_second_version_with_onnxruntime_backend_keeps_the_first(
     assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
     (accel,) = cfg.optimization.execution_accelerators.gpu_execution_accelerator
     assert accel.name == "tensorrt"
+
+
+def test_execution_env_ships_a_packed_python_for_the_python_backend(
+    detector: DeepfakeDetector, tmp_path: Path
+) -> None:
+    env = tmp_path / "dfmod-py311.tar.gz"
+    env.write_bytes(b"packed")  # a conda-pack archive; Triton unpacks it, export only places it
+    report = export_repository(detector, tmp_path / "repo", backend="python", execution_env=env)
+    model_dir = Path(report.model_dir)
+    assert (model_dir / env.name).read_bytes() == b"packed"
+    params = parse_parameters((model_dir / "config.pbtxt").read_text())
+    assert params["EXECUTION_ENV_PATH"] == "$$TRITON_MODEL_DIRECTORY/dfmod-py311.tar.gz"
+    with pytest.raises(ValueError, match="python"):
+        export_repository(detector, tmp_path / "r2", backend="onnxruntime", execution_env=env)
+    assert not (tmp_path / "r2").exists()
 
 
 def test_render_config_rejects_bad_combinations() -> None:
