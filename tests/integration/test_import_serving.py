@@ -50,6 +50,15 @@ def own_triton(tmp_path: Path) -> Iterator[tuple[Stack, Path]]:
         stack.down("triton")
 
 
+def _unique_portrait(shared_dir: Path) -> bytes:
+    """The suite's portrait with one random pixel: bytes no other test sent to the session's Redis."""
+    from worker.samples import encode_image, load_rgb
+
+    rgb = load_rgb(shared_dir / "fixtures" / "astronaut.png").copy()
+    rgb[0, 0] = np.random.default_rng().integers(0, 256, 3, dtype=np.uint8)
+    return encode_image(rgb, fmt="png")
+
+
 def _verdict(bootstrap: str, topics: Topics, blob: bytes) -> dict:
     event_id, key, value = media.event(blob)
     produce(bootstrap, topics.events, [(key, value)])
@@ -58,7 +67,8 @@ def _verdict(bootstrap: str, topics: Topics, blob: bytes) -> dict:
 
 
 def test_imported_release_is_served_with_its_provenance(
-    tmp_path: Path, own_triton: tuple[Stack, Path], bootstrap: str, topics: Topics, start_worker: WorkerFactory
+    tmp_path: Path, own_triton: tuple[Stack, Path], bootstrap: str, topics: Topics, start_worker: WorkerFactory,
+    shared_dir: Path,
 ) -> None:
     stack, repo = own_triton
     # the release, as the hub cache holds it
@@ -91,7 +101,7 @@ def test_imported_release_is_served_with_its_provenance(
 
     # a media event -> a verdict naming the release
     worker = start_worker(DFMOD_TRITON__URL=triton_url)
-    png, _ = media.unique_still()
+    png = _unique_portrait(shared_dir)
     first = _verdict(bootstrap, topics, png)
     assert first["status"] == "ok" and first["cached"] is False
     assert first["model"]["weights"] == f"{HUB_ID}@{COMMIT}"

@@ -174,6 +174,9 @@ def gend_module(arch: str = "tiny", *, head_norm: bool = False, seed: int = 0) -
 def save_gend_folder(module: StandIn, folder: Path, backbone: str, *, head_norm: bool | None) -> Path:
     """What `GenD.save_pretrained` writes: config.json (GenDConfig) + model.safetensors.
 
+    config.json has the keys of the released yermandy/GenD_CLIP_L_14 (hub commit 9413725): architectures,
+    backbone, dtype, head, model_type, transformers_version.
+
     `head_norm=None` leaves `head` out of config.json (GenDConfig's default then applies).
     """
     from safetensors.torch import save_file
@@ -183,7 +186,7 @@ def save_gend_folder(module: StandIn, folder: Path, backbone: str, *, head_norm:
         "architectures": ["GenD"],
         "backbone": backbone,
         "model_type": "GenD",
-        "torch_dtype": "float32",
+        "dtype": "float32",
         "transformers_version": "4.56.2",
     }
     if head_norm is not None:
