@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from harness import Stack, Topics, collect, produce
+
 from train.model import normalise
 from train.released import standins
 from worker.infer.triton import TritonBackend

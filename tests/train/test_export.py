@@ -27,7 +27,6 @@ from worker.model_config import parse_parameters
 from worker.version import PREPROCESSING_VERSION
 
 
-
 def _faces(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, 224, 224, 3), dtype=np.uint8)
 
