@@ -69,7 +69,7 @@ def save_checkpoint(
 
 
 def _full_state_dict(detector: DeepfakeDetector) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in detector.state_dict().items()}
+    return {k: v.detach().cpu() for k, v in detector.state_dict().items()}  # torch.save copies; no clone needed
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:

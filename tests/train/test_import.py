@@ -284,3 +284,16 @@ def test_missing_source_and_non_hub_name(tmp_path: Path) -> None:
     with pytest.raises(ReleaseError, match="no such file"):
         import_release(str(tmp_path / "nope" / "model.ckpt"), tmp_path / "x.pt")
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_torchscript_traced_in_bf16_is_read_and_checked_in_bf16(tmp_path: Path) -> None:
+    module = standins.lightning_module("tiny", head_norm=True, seed=4)
+    source = standins.save_torchscript(module, tmp_path / "model.torchscript", dtype=torch.bfloat16)
+    traced = torch.jit.load(str(source))
+    assert all(v.dtype == torch.bfloat16 for v in traced.state_dict().values() if v.is_floating_point())
+    report = import_release(str(source), tmp_path / "imported.pt")
+    assert report.reference.endswith("(bf16)") and report.head_norm is True
+    faces = _faces(4)
+    with torch.no_grad():
+        bf16 = torch.softmax(traced(normalise(faces).to(torch.bfloat16)).float(), -1)[:, 1].numpy()
+    assert float(np.abs(_imported_p_fake(tmp_path / "imported.pt", faces) - bf16).max()) < 2e-2
