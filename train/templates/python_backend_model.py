@@ -27,9 +27,8 @@ except ImportError as e:  # say what is missing and where the list is, instead o
         "beside config.pbtxt into Triton's Python, export with --execution-env, or serve --backend onnxruntime"
     ) from e
 
-INPUT = "faces"
-OUTPUTS = ("fake_prob", "embedding")
-FACE_SHAPE = (224, 224, 3)
+# The contract's names and shapes are not spelled here: they come from the config.pbtxt Triton hands to
+# initialize() (written by `dfmod-train export` from worker.model_config, the one place they are defined).
 
 
 def _providers(kind: str, device_id: str) -> list[Any]:
@@ -59,21 +58,26 @@ class TritonPythonModel:
         providers = _providers(kind, device_id)
         self.session = ort.InferenceSession(path, sess_options=options, providers=providers)
         self.shapes = _client_shapes(self.config)
+        (model_input,) = self.config["input"]
+        self.input_name: str = model_input["name"]
+        self.face_shape = tuple(int(d) for d in model_input["dims"])
+        self.output_names: list[str] = [o["name"] for o in self.config["output"]]
 
     def _check(self, faces: np.ndarray) -> str | None:
         if faces.dtype != np.uint8:
-            return f"input '{INPUT}' must be uint8, got {faces.dtype}"
-        if faces.ndim != 4 or tuple(faces.shape[1:]) != FACE_SHAPE:
-            return f"input '{INPUT}' must be [N, 224, 224, 3], got {list(faces.shape)}"
+            return f"input '{self.input_name}' must be uint8, got {faces.dtype}"
+        if faces.ndim != 4 or tuple(faces.shape[1:]) != self.face_shape:
+            want = ", ".join(map(str, self.face_shape))
+            return f"input '{self.input_name}' must be [N, {want}], got {list(faces.shape)}"
         return None
 
     def execute(self, requests: list[Any]) -> list[Any]:
         batches: list[np.ndarray | None] = []
         errors: list[str | None] = []
         for request in requests:
-            tensor = pb_utils.get_input_tensor_by_name(request, INPUT)
+            tensor = pb_utils.get_input_tensor_by_name(request, self.input_name)
             faces = tensor.as_numpy() if tensor is not None else None
-            error = f"missing input '{INPUT}'" if faces is None else self._check(faces)
+            error = f"missing input '{self.input_name}'" if faces is None else self._check(faces)
             batches.append(None if error else faces)
             errors.append(error)
         good = [b for b in batches if b is not None]
@@ -81,8 +85,8 @@ class TritonPythonModel:
         run_error: str | None = None
         if good:
             try:
-                outs = self.session.run(list(OUTPUTS), {INPUT: np.concatenate(good, axis=0)})
-                results = dict(zip(OUTPUTS, outs, strict=True))
+                outs = self.session.run(self.output_names, {self.input_name: np.concatenate(good, axis=0)})
+                results = dict(zip(self.output_names, outs, strict=True))
             except Exception as e:  # one failed run fails the requests that were in it, not the model
                 run_error = f"inference failed: {type(e).__name__}: {e}"
         responses = []
@@ -93,7 +97,9 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
                 continue
             n = faces.shape[0]
-            tensors = [pb_utils.Tensor(name, self._slice(results[name], offset, n, name)) for name in OUTPUTS]
+            tensors = [
+                pb_utils.Tensor(name, self._slice(results[name], offset, n, name)) for name in self.output_names
+            ]
             offset += n
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses
