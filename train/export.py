@@ -159,7 +159,10 @@ def render_config(
         accel.parameters["max_workspace_size_bytes"] = "4294967296"
     for key, value in parameters.items():
         config.parameters[key].string_value = value
-    return config_text(config)
+    # text_format leaves proto3 defaults out, and KIND_AUTO is the enum's default: say so for the reader
+    header = f"# Written by dfmod-train export as Triton's ModelConfig. Instance kind: {DEVICES[device]}"
+    header += " (the default, so not printed below).\n" if device == "auto" else ".\n"
+    return header + config_text(config)
 
 
 def python_requirements() -> str:
