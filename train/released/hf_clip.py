@@ -22,7 +22,7 @@ from train.factory import ARCHES, arch_spec
 from train.model import IMAGE_SIZE
 
 #: HF backbone names the authors train on (yermandy/deepfake-detection src/config.py:36-41,
-#: yermandy/GenD src/config.py:31-36) -> dfmod arch. `dfmod/clip-vit-tiny` names dfmod's own test arch.
+#: yermandy/GenD src/config.py:55-60) -> dfmod arch. `dfmod/clip-vit-tiny` names dfmod's own test arch.
 KNOWN_BACKBONES: dict[str, str] = {
     "openai/clip-vit-large-patch14": "ViT-L-14",
     "openai/clip-vit-base-patch16": "ViT-B-16",
