@@ -24,6 +24,7 @@ import torch
 from train.export import DEFAULT_OPSET, export_onnx
 from train.factory import ARCHES, RANDOM_INIT, create_detector
 from train.model import IMAGE_SIZE, ServingModel
+from worker.model_config import INPUT_NAME, OUTPUT_NAMES
 
 
 @dataclass
@@ -96,7 +97,7 @@ def bench(
                     return serving(x)
 
             def run_onnx(x: np.ndarray = faces) -> object:
-                return session.run(["fake_prob", "embedding"], {"faces": x})
+                return session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
 
             rows.append(row("pytorch", n, time_calls(run_torch, iters, warmup)))
             rows.append(row("onnxruntime", n, time_calls(run_onnx, iters, warmup)))

@@ -2,6 +2,11 @@
 
 A ViT-L/14 checkpoint is ~0.4 MB instead of 1.2 GB: the frozen backbone is rebuilt from `arch`, the
 weights provenance and, for `random-init`, the init seed.
+
+An imported released detector (`train.released`) cannot be rebuilt that way (its backbone is not the
+OpenAI one), so its checkpoint carries every tensor (`state_dict_scope: "full"`) and the import record
+`payload["imported"] = {"format", "source", "revision", "sha256", "hyper_parameters"}`. Both survive
+`calibrate` and fine-tuning, which save the detector again: the scope follows `detector.imported`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from train.model import DeepfakeDetector
 from worker.version import PREPROCESSING_VERSION
 
 FORMAT = "dfmod-ln-tuning/1"
+SCOPE_TRAINABLE = "trainable"  # LayerNorms + head; the backbone is rebuilt (absent key = this, as before)
+SCOPE_FULL = "full"  # every tensor of the detector: imported weights that nothing could rebuild
 
 
 def save_checkpoint(
@@ -40,10 +47,16 @@ def save_checkpoint(
         "preprocessing_version": PREPROCESSING_VERSION,
         "torch_version": str(torch.__version__),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "head_norm": bool(detector.head_norm),
         "config": _plain(config),
         "extra": _plain(extra or {}),
-        "state_dict": detector.trainable_state_dict(),
+        "state_dict_scope": SCOPE_FULL if detector.imported is not None else SCOPE_TRAINABLE,
+        "state_dict": (
+            _full_state_dict(detector) if detector.imported is not None else detector.trainable_state_dict()
+        ),
     }
+    if detector.imported is not None:
+        payload["imported"] = _plain(detector.imported)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
@@ -54,6 +67,10 @@ def save_checkpoint(
         Path(tmp).unlink(missing_ok=True)
         raise
     return sha256_file(path)
+
+
+def _full_state_dict(detector: DeepfakeDetector) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in detector.state_dict().items()}  # torch.save copies; no clone needed
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:
@@ -107,11 +124,31 @@ def load_checkpoint(
     a local copy of the OpenAI weights when offline.
     """
     payload = read_checkpoint(path)
-    source, provenance = _backbone_source(payload["weights"], backbone_weights)
-    detector = create_detector(payload["arch"], source, device="cpu", seed=int(payload["init_seed"]))
-    detector.weights = provenance
-    detector.load_trainable_state_dict(payload["state_dict"])
+    head_norm = bool(payload.get("head_norm", True))
+    if payload.get("state_dict_scope", SCOPE_TRAINABLE) == SCOPE_FULL:
+        detector = _full_detector(payload, head_norm)
+    else:
+        source, provenance = _backbone_source(payload["weights"], backbone_weights)
+        detector = create_detector(
+            payload["arch"], source, device="cpu", seed=int(payload["init_seed"]), head_norm=head_norm
+        )
+        detector.weights = provenance
+        detector.load_trainable_state_dict(payload["state_dict"])
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
     meta["sha256"] = sha256_file(path)
     meta["path"] = str(path)
     return detector.to(device).eval(), meta
+
+
+def _full_detector(payload: dict[str, Any], head_norm: bool) -> DeepfakeDetector:
+    """The detector of a full-scope checkpoint: the architecture, then every tensor (strict by name)."""
+    detector = create_detector(payload["arch"], RANDOM_INIT, device="cpu", seed=0, head_norm=head_norm)
+    result = detector.load_state_dict(payload["state_dict"], strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"checkpoint does not match {payload['arch']}: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
+    detector.weights = str(payload["weights"])
+    detector.imported = dict(payload["imported"]) if payload.get("imported") else {}
+    return detector

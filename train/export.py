@@ -23,10 +23,24 @@ import torch
 from train.checkpoint import load_checkpoint
 from train.factory import ARCHES, RANDOM_INIT, create_detector
 from train.model import IMAGE_SIZE, DeepfakeDetector, ServingModel, parameter_breakdown
+from worker.model_config import (
+    CROP_SHAPE,
+    INPUT_NAME,
+    MODEL_NAME,
+    OUTPUT_EMBEDDING,
+    OUTPUT_FAKE_PROB,
+    OUTPUT_NAMES,
+    config_text,
+)
 from worker.version import PREPROCESSING_VERSION
 
-MODEL_NAME = "deepfake_clip"
+__all__ = ["MODEL_NAME", "ExportReport", "ParityError", "export_onnx", "export_repository", "render_config"]
+
 BACKENDS = ("python", "onnxruntime")
+#: --device -> Triton instance kind. KIND_AUTO puts the instances on the GPUs when Triton has them and on
+#: the CPU otherwise (ModelInstanceGroup.Kind in Triton's model_config.proto), so one export loads on the
+#: CPU-only compose/chart defaults (`triton.gpus: 0`) and on GPU nodes alike.
+DEVICES = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 TEMPLATE = Path(__file__).parent / "templates" / "python_backend_model.py"
 DEFAULT_OPSET = 18
 
@@ -66,9 +80,9 @@ def export_onnx(detector: DeepfakeDetector, path: Path, opset: int = DEFAULT_OPS
             serving,
             (example,),
             dynamo=True,
-            input_names=["faces"],
-            output_names=["fake_prob", "embedding"],
-            dynamic_shapes={"faces": {0: batch}},
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes={INPUT_NAME: {0: batch}},
             opset_version=opset,
             optimize=True,
             verbose=False,
@@ -92,16 +106,12 @@ def parity(
         faces = torch.randint(0, 256, (n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=torch.uint8, generator=gen)
         with torch.no_grad():
             prob, emb = serving(faces)
-        prob_ort, emb_ort = session.run(["fake_prob", "embedding"], {"faces": faces.numpy()})
+        prob_ort, emb_ort = session.run(list(OUTPUT_NAMES), {INPUT_NAME: faces.numpy()})
         if prob_ort.shape != (n,) or emb_ort.shape != (n, detector.feature_dim):
             raise ParityError(f"ONNX output shapes {prob_ort.shape}, {emb_ort.shape} at batch {n}")
         worst_prob = max(worst_prob, float(np.abs(prob_ort - prob.numpy()).max()))
         worst_emb = max(worst_emb, float(np.abs(emb_ort - emb.numpy()).max()))
     return worst_prob, worst_emb
-
-
-def _pb_string(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def render_config(
@@ -113,44 +123,76 @@ def render_config(
     max_queue_delay_us: int = 2000,
     instances: int = 1,
     tensorrt: bool = False,
+    device: str = "auto",
 ) -> str:
-    """config.pbtxt text. `fake_prob` is one value per face: dims [1] with `reshape: { shape: [ ] }`
-    because the ONNX output is [N]; Triton clients receive it as [N, 1] (flatten it)."""
+    """config.pbtxt text, built as Triton's `ModelConfig` message and printed by protobuf's text_format.
+
+    `fake_prob` is one value per face: dims [1] with `reshape: { shape: [ ] }` because the ONNX output is
+    [N]; Triton clients receive it as [N, 1] (flatten it).
+    """
+    from tritonclient.grpc import model_config_pb2 as pb
+
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}")
     if max_batch < 1:
         raise ValueError("max_batch must be >= 1 (the contract batches on the first axis)")
-    head = 'backend: "python"' if backend == "python" else 'platform: "onnxruntime_onnx"'
-    kind = "KIND_CPU" if backend == "python" else "KIND_GPU"
-    lines = [
-        f'name: "{MODEL_NAME}"',
-        head,
-        f"max_batch_size: {max_batch}",
-        "input [",
-        '  { name: "faces", data_type: TYPE_UINT8, dims: [ 224, 224, 3 ] }',
-        "]",
-        "output [",
-        '  { name: "fake_prob", data_type: TYPE_FP32, dims: [ 1 ], reshape: { shape: [ ] } },',
-        f'  {{ name: "embedding", data_type: TYPE_FP32, dims: [ {feature_dim} ] }}',
-        "]",
-        "dynamic_batching {",
-        f"  max_queue_delay_microseconds: {max_queue_delay_us}",
-        "}",
-        f"instance_group [ {{ count: {instances}, kind: {kind} }} ]",
-    ]
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {sorted(DEVICES)}")
+    if tensorrt and backend != "onnxruntime":
+        raise ValueError("--tensorrt needs --backend onnxruntime")
+    if tensorrt and device == "cpu":
+        raise ValueError("--tensorrt needs a GPU instance (--device gpu or auto)")
+    config = pb.ModelConfig(name=MODEL_NAME, max_batch_size=max_batch)
+    if backend == "python":
+        config.backend = "python"
+    else:
+        config.platform = "onnxruntime_onnx"
+    config.input.add(name=INPUT_NAME, data_type=pb.TYPE_UINT8, dims=list(CROP_SHAPE))
+    prob = config.output.add(name=OUTPUT_FAKE_PROB, data_type=pb.TYPE_FP32, dims=[1])
+    prob.reshape.SetInParent()  # shape [ ]: one scalar per batch item
+    config.output.add(name=OUTPUT_EMBEDDING, data_type=pb.TYPE_FP32, dims=[feature_dim])
+    config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+    config.instance_group.add(count=instances, kind=pb.ModelInstanceGroup.Kind.Value(DEVICES[device]))
     if tensorrt:
-        if backend != "onnxruntime":
-            raise ValueError("--tensorrt needs --backend onnxruntime")
-        lines += [
-            "optimization { execution_accelerators {",
-            '  gpu_execution_accelerator : [ { name : "tensorrt",',
-            '    parameters { key: "precision_mode" value: "FP16" },',
-            '    parameters { key: "max_workspace_size_bytes" value: "4294967296" } } ]',
-            "} }",
-        ]
+        accel = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        accel.parameters["precision_mode"] = "FP16"
+        accel.parameters["max_workspace_size_bytes"] = "4294967296"
     for key, value in parameters.items():
-        lines.append(f'parameters {{ key: "{key}" value: {{ string_value: "{_pb_string(value)}" }} }}')
-    return "\n".join(lines) + "\n"
+        config.parameters[key].string_value = value
+    # text_format leaves proto3 defaults out, and KIND_AUTO is the enum's default: say so for the reader
+    header = f"# Written by dfmod-train export as Triton's ModelConfig. Instance kind: {DEVICES[device]}"
+    header += " (the default, so not printed below).\n" if device == "auto" else ".\n"
+    return header + config_text(config)
+
+
+def python_requirements() -> str:
+    """What model.py imports besides Triton's own module, pinned to the versions the parity check ran with."""
+    import onnxruntime
+
+    return (
+        "# Python packages the deepfake_clip python-backend model (1/model.py) imports; torch is not needed.\n"
+        f"numpy=={np.__version__}\nonnxruntime=={onnxruntime.__version__}\n"
+    )
+
+
+def placement_problem(config_text: str, gpus: int) -> str | None:
+    """Why Triton with `gpus` GPUs could not load this config.pbtxt, or None when it can.
+
+    KIND_GPU instances and the TensorRT accelerator need a GPU; KIND_CPU and KIND_AUTO load anywhere.
+    The chart (`triton.gpus`) and compose (with or without the GPU override) are checked against it.
+    """
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    from worker.model_config import parse_config
+
+    config = parse_config(config_text)
+    if gpus > 0:
+        return None
+    if any(g.kind == pb.ModelInstanceGroup.KIND_GPU for g in config.instance_group):
+        return "instance_group kind KIND_GPU needs a GPU (export with --device auto or cpu)"
+    if config.optimization.execution_accelerators.gpu_execution_accelerator:
+        return "the TensorRT accelerator needs a GPU (export without --tensorrt)"
+    return None
 
 
 def _install(staged_model: Path, out_dir: Path, version: int) -> None:
@@ -164,7 +206,9 @@ def _install(staged_model: Path, out_dir: Path, version: int) -> None:
     if version_dir.exists():
         shutil.rmtree(version_dir)
     os.replace(staged_model / str(version), version_dir)
-    os.replace(staged_model / "config.pbtxt", target / "config.pbtxt")
+    for extra in staged_model.iterdir():  # config.pbtxt, requirements.txt, a packed environment
+        if extra.is_file():
+            os.replace(extra, target / extra.name)
 
 
 def export_repository(
@@ -183,6 +227,8 @@ def export_repository(
     max_queue_delay_us: int = 2000,
     instances: int = 1,
     parity_batches: Sequence[int] = (1, 4),
+    device: str = "auto",
+    execution_env: Path | None = None,
 ) -> ExportReport:
     """Write `<out_dir>/deepfake_clip/{config.pbtxt,<version>/model.onnx[,model.py]}`; raise ParityError
     (writing nothing) when ONNX Runtime and PyTorch differ by more than `tolerance`.
@@ -207,8 +253,21 @@ def export_repository(
         "arch": detector.arch,
         "feature_dim": str(detector.feature_dim),
         "checkpoint_sha256": checkpoint_sha256,
+        # the file the weights came from: the released file of an import, else the exported checkpoint
+        "weights_sha256": detector.weights_sha256 or checkpoint_sha256,
+        "head_norm": "true" if detector.head_norm else "false",
     }
-    config_text = render_config(
+    if execution_env is not None:
+        if backend != "python":
+            raise ValueError("--execution-env applies to --backend python")
+        if not execution_env.is_file() or not execution_env.name.endswith(".tar.gz"):
+            raise ValueError(f"--execution-env must be a conda-pack .tar.gz file, not {execution_env}")
+        # python backend: a packed environment beside config.pbtxt, unpacked by Triton before model.py runs
+        parameters["EXECUTION_ENV_PATH"] = f"$$TRITON_MODEL_DIRECTORY/{execution_env.name}"
+    if detector.imported:
+        parameters["weights_format"] = str(detector.imported.get("format", ""))
+        parameters["weights_revision"] = str(detector.imported.get("revision", ""))
+    rendered = render_config(
         backend=backend,
         feature_dim=detector.feature_dim,
         max_batch=max_batch,
@@ -216,6 +275,7 @@ def export_repository(
         max_queue_delay_us=max_queue_delay_us,
         instances=instances,
         tensorrt=tensorrt,
+        device=device,
     )
     # staged beside out_dir, not in it: a polling Triton must never see a half-written model
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-export-", dir=out_dir.parent) as tmp:
@@ -233,7 +293,10 @@ def export_repository(
             )
         if backend == "python":
             shutil.copyfile(TEMPLATE, version_dir / "model.py")
-        (staged / "config.pbtxt").write_text(config_text)
+            (staged / "requirements.txt").write_text(python_requirements())
+            if execution_env is not None:
+                shutil.copyfile(execution_env, staged / execution_env.name)
+        (staged / "config.pbtxt").write_text(rendered)
         onnx_bytes = sum(p.stat().st_size for p in version_dir.glob("model.onnx*"))
         _install(staged, out_dir, version)
     model_dir = out_dir / MODEL_NAME
@@ -269,7 +332,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--backbone-weights", help="with --checkpoint: backbone file (or local OpenAI weights)")
     p.add_argument("--out", type=Path, default=Path("triton_models"))
     p.add_argument("--backend", choices=BACKENDS, default="python")
+    p.add_argument(
+        "--device", choices=sorted(DEVICES), default="auto",
+        help="Triton instance kind: auto = GPU when Triton has one, else CPU (KIND_AUTO); cpu; gpu (default: auto)",
+    )
     p.add_argument("--tensorrt", action="store_true", help="onnxruntime backend: TensorRT accelerator on GPU")
+    p.add_argument(
+        "--execution-env", type=Path, default=None,
+        help="python backend: a conda-pack .tar.gz with numpy + onnxruntime for Triton images whose Python lacks them",
+    )
     p.add_argument("--version", type=int, default=1)
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--max-queue-delay-us", type=int, default=2000)
@@ -313,8 +384,10 @@ def run(args: argparse.Namespace) -> int:
                 checkpoint_sha256=checkpoint_sha,
                 max_queue_delay_us=args.max_queue_delay_us,
                 instances=args.instances,
+                device=args.device,
+                execution_env=args.execution_env,
             )
-    except ParityError as e:
+    except (ParityError, ValueError) as e:
         console.print(f"[red]refused:[/red] {e}")
         return 2
     if args.json:

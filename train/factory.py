@@ -162,11 +162,13 @@ def create_detector(
     *,
     seed: int = 0,
     ln_tuning: bool = True,
+    head_norm: bool = True,
 ) -> DeepfakeDetector:
     """Detector for `arch` with weights `random-init`, `openai`, or a path to a weights file.
 
     Init is seeded (tower and head) without touching the global RNG. LN-tuning is applied by default
-    because it is the method; pass `ln_tuning=False` to leave everything trainable.
+    because it is the method; pass `ln_tuning=False` to leave everything trainable. `head_norm=False`
+    feeds the raw CLS feature to the head (GenD's "linear" head; see `train.model`).
     """
     spec = arch_spec(arch)
     with torch.random.fork_rng(devices=[]):
@@ -186,7 +188,9 @@ def create_detector(
                 raise FileNotFoundError(f"weights must be 'random-init', 'openai' or a file, not {weights!r}")
             load_visual_weights(visual, path)
             provenance = file_provenance(path)
-        detector = DeepfakeDetector(visual, feature_dim, arch=arch, weights=provenance, init_seed=seed)
+        detector = DeepfakeDetector(
+            visual, feature_dim, arch=arch, weights=provenance, init_seed=seed, head_norm=head_norm
+        )
     if ln_tuning:
         detector.apply_ln_tuning()
     return detector.to(device)

@@ -341,9 +341,15 @@ class Trainer:
         from train.checkpoint import read_checkpoint
 
         if cfg.init is not None:
-            init_arch = read_checkpoint(cfg.init)["arch"]
+            init_payload = read_checkpoint(cfg.init)
+            init_arch = init_payload["arch"]
             if init_arch != cfg.arch:
                 raise ValueError(f"{cfg.init}: checkpoint is for arch {init_arch}, not {cfg.arch}")
+            if init_payload.get("head_norm", True) is False:
+                # The recipes train the head on the hypersphere (L2-normalised features, slerp, uniformity);
+                # a release whose head reads the raw CLS feature would be trained on inputs it never sees.
+                raise ValueError(f"{cfg.init}: its head reads the feature without L2 norm (head 'linear'); "
+                                 "fine-tuning supports only L2-normalised heads ('LinearNorm')")
         if resuming:
             stored = identity_and_hparams(read_checkpoint(last)["config"])
             self.overrides = run_folder.conflicts(stored, identity_and_hparams(_config_dict(cfg)))

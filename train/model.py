@@ -1,5 +1,10 @@
 """The detector of DESIGN.md section 3: CLIP visual tower -> L2-normalised CLS feature -> Linear(D, 2).
 
+The head normally sees the unit-norm feature ("LinearNorm" in the authors' code); GenD's default head
+("linear") sees the raw CLS feature instead, so `head_norm` follows the imported release
+(yermandy/GenD src/hf/modeling_gend.py:14-18). The `embedding` output is unit-norm either way
+(yermandy/GenD src/heads/head.py:38, yermandy/deepfake-detection src/heads/head.py:27).
+
 One module owns the preprocessing (`normalise`) so training, evaluation and the exported ONNX graph
 apply exactly the same arithmetic to the same uint8 crops.
 """
@@ -41,7 +46,15 @@ def layernorms(module: nn.Module) -> list[tuple[str, nn.LayerNorm]]:
 class DeepfakeDetector(nn.Module):
     """CLIP ViT visual tower (no projection) + linear head on the unit-norm CLS feature."""
 
-    def __init__(self, visual: nn.Module, feature_dim: int, arch: str, weights: str, init_seed: int = 0):
+    def __init__(
+        self,
+        visual: nn.Module,
+        feature_dim: int,
+        arch: str,
+        weights: str,
+        init_seed: int = 0,
+        head_norm: bool = True,
+    ):
         super().__init__()
         self.visual = visual
         self.head = nn.Linear(feature_dim, 2, bias=True)
@@ -49,17 +62,30 @@ class DeepfakeDetector(nn.Module):
         self.arch = arch
         self.weights = weights
         self.init_seed = init_seed
+        self.head_norm = head_norm
+        #: The import record (`train.released`) when the weights came from a released detector; its
+        #: backbone cannot be rebuilt from `arch` + `weights`, so checkpoints then carry every tensor.
+        self.imported: dict[str, Any] | None = None
 
-    def features(self, x: Tensor) -> Tensor:
-        """CLS token after ln_post, before the projection, L2-normalised (N, D)."""
+    @property
+    def weights_sha256(self) -> str:
+        """sha256 of the file the weights came from, when known (imports record it)."""
+        return str((self.imported or {}).get("sha256", ""))
+
+    def _pooled(self, x: Tensor) -> Tensor:
         pooled = self.visual(x)
         if isinstance(pooled, tuple):  # output_tokens=True towers return (pooled, tokens)
             pooled = pooled[0]
-        return F.normalize(pooled, dim=-1)
+        return pooled
+
+    def features(self, x: Tensor) -> Tensor:
+        """CLS token after ln_post, before the projection, L2-normalised (N, D)."""
+        return F.normalize(self._pooled(x), dim=-1)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        feats = self.features(x)
-        return self.head(feats), feats
+        pooled = self._pooled(x)
+        feats = F.normalize(pooled, dim=-1)
+        return self.head(feats if self.head_norm else pooled), feats
 
     def fake_prob(self, x: Tensor) -> Tensor:
         logits, _ = self(x)

@@ -9,11 +9,13 @@ Key layout (stable across processes and releases; no Python `hash()`):
     <prefix><media sha256>:<model digest>
 
 `model digest` = the first 32 hex digits of SHA-256 over the canonical JSON (sorted keys, no spaces) of
-{"v": 1, "model": name, "version": version, "weights": weights provenance, "threshold": threshold,
-"uncertain_band": band, "preprocessing": preprocessing version, "pipeline": pipeline version}.
+{"v": 2, "model": name, "version": version, "weights": weights provenance, "weights_sha256": hash of the
+weights file, "checkpoint_sha256": hash of the exported checkpoint, "threshold": threshold, "uncertain_band":
+band, "preprocessing": preprocessing version, "pipeline": pipeline version}.
 Threshold and band are in it because they decide the cached label: recalibrating a model without bumping
-its version must not serve old labels. The media hash stays readable so operators can find (SCAN) or
-delete every cached verdict of one file.
+its version must not serve old labels. The hashes are in it for the same reason: other weights exported
+under the same Triton version (a retrained checkpoint, another release) must never hit the old verdicts.
+The media hash stays readable so operators can find (SCAN) or delete every cached verdict of one file.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from worker.settings import CacheSettings
 log = logging.getLogger(__name__)
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-KEY_SCHEMA_VERSION = 1
+KEY_SCHEMA_VERSION = 2
 
 #: Receives "hit", "miss", "error" (Redis failed) or "skip" (breaker open) once per get/set outcome.
 CacheHook = Callable[[str], None]
@@ -46,6 +48,8 @@ def model_digest(model: ModelInfo, pipeline_version: str) -> str:
         "model": model.name,
         "version": model.version,
         "weights": model.weights,
+        "weights_sha256": model.weights_sha256,
+        "checkpoint_sha256": model.checkpoint_sha256,
         "threshold": repr(float(model.threshold)),
         "uncertain_band": repr(float(model.uncertain_band)),
         "preprocessing": model.preprocessing_version,

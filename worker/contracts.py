@@ -117,10 +117,12 @@ class FaceResult(BaseModel):
 class ModelInfo(BaseModel):
     name: str
     version: str
-    weights: str                  # provenance: random-init, openai, sha256 of a checkpoint, ...
+    weights: str                  # provenance: random-init, openai, a hub repo id@revision or file name, ...
     threshold: float = 0.5
     uncertain_band: float = 0.0
     preprocessing_version: str = ""
+    weights_sha256: str = ""      # sha256 of the file the weights came from (a released file, a checkpoint)
+    checkpoint_sha256: str = ""   # sha256 of the dfmod checkpoint that was exported
 
 
 class VerdictData(BaseModel):

@@ -1,156 +1,65 @@
-"""The model's calibrated parameters, read from Triton's `config.pbtxt` (text) or its model-config JSON.
+"""The model contract and its `config.pbtxt`, written and read through Triton's own protobuf schema.
 
-Training writes the threshold, the uncertain band, the weights provenance and the preprocessing version into
-the `parameters` of the exported `config.pbtxt`; Triton serves them back through its model-config API and
-`dfmod scan` reads the file itself. Both paths end in `model_info_from_parameters`, so a model means the same
-thing whichever way it is served.
+The contract's names and shapes (DESIGN.md section 2) are defined here once: export writes them, the
+benchmark and the worker's backends use them, and a test reads them back with `model_config_pb2`.
 
-The text parser is a small tokenizer for protobuf text format rather than the ModelConfig protobuf: it only
-has to find `parameters` entries and `name`, and must not fail on fields that a newer Triton added.
+Training writes the threshold, the uncertain band, the weights provenance (source and sha256) and the
+preprocessing version into the `parameters` of the exported `config.pbtxt`; Triton serves them back through its
+model-config API and `dfmod scan` reads the file itself. Both paths end in `model_info_from_parameters`, so a
+model means the same thing whichever way it is served. Text is parsed with protobuf's `text_format` into
+tritonclient's `ModelConfig`, tolerating fields a newer Triton added (`allow_unknown_field`).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from worker.contracts import ModelInfo
 from worker.version import PREPROCESSING_VERSION
 
-_TOKEN = re.compile(
-    r"""
-    (?P<ws>\s+|\#[^\n]*)
-    | (?P<str>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
-    | (?P<punct>[{}\[\]<>:,;])
-    | (?P<word>[^\s{}\[\]<>:,;"'\#]+)
-    """,
-    re.VERBOSE,
-)
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "'": "'", "\\": "\\"}
-_CLOSERS = {"{": "}", "<": ">"}
-
-Field = tuple[str, Any]  # (name, scalar str | list[Field] for a message)
+#: The contract (DESIGN.md section 2), the one place these names are spelled.
+MODEL_NAME = "deepfake_clip"
+INPUT_NAME = "faces"
+OUTPUT_FAKE_PROB = "fake_prob"
+OUTPUT_EMBEDDING = "embedding"
+OUTPUT_NAMES = (OUTPUT_FAKE_PROB, OUTPUT_EMBEDDING)
+CROP_SIZE = 224
+CROP_SHAPE = (CROP_SIZE, CROP_SIZE, 3)  # per face, HWC RGB uint8
 
 
-def _unquote(tok: str) -> str:
-    body = tok[1:-1]
-    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), "\\" + m.group(1)), body)
+def _pb() -> Any:
+    from tritonclient.grpc import model_config_pb2
+
+    return model_config_pb2
 
 
-def _tokenize(text: str) -> list[tuple[str, str]]:
-    tokens: list[tuple[str, str]] = []
-    pos = 0
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if m is None:  # a lone quote: unterminated string
-            raise ValueError(f"config.pbtxt: cannot tokenize at offset {pos}: {text[pos:pos + 20]!r}")
-        pos = m.end()
-        kind = m.lastgroup or ""
-        if kind == "ws":
-            continue
-        if kind == "str" and tokens and tokens[-1][0] == "str":  # "a" "b" is one string in text format
-            tokens[-1] = ("str", tokens[-1][1] + _unquote(m.group()))
-            continue
-        tokens.append((kind, _unquote(m.group()) if kind == "str" else m.group()))
-    return tokens
+def parse_config(pbtxt_text: str) -> Any:
+    """A `config.pbtxt` as Triton's `ModelConfig` message; ValueError on text Triton would not accept."""
+    from google.protobuf import text_format
+
+    try:
+        return text_format.Parse(pbtxt_text, _pb().ModelConfig(), allow_unknown_field=True)
+    except text_format.ParseError as e:
+        raise ValueError(f"config.pbtxt: {e}") from None
 
 
-class _Parser:
-    def __init__(self, text: str) -> None:
-        self.tokens = _tokenize(text)
-        self.i = 0
+def config_text(config: Any) -> str:
+    """`ModelConfig` -> the text format Triton reads."""
+    from google.protobuf import text_format
 
-    def _peek(self) -> tuple[str, str] | None:
-        return self.tokens[self.i] if self.i < len(self.tokens) else None
-
-    def _next(self) -> tuple[str, str]:
-        tok = self._peek()
-        if tok is None:
-            raise ValueError("config.pbtxt: unexpected end of text")
-        self.i += 1
-        return tok
-
-    def _expect(self, value: str) -> None:
-        tok = self._next()
-        if tok[1] != value or tok[0] != "punct":
-            raise ValueError(f"config.pbtxt: expected {value!r}, got {tok[1]!r}")
-
-    def fields(self, closer: str | None) -> list[Field]:
-        out: list[Field] = []
-        while True:
-            tok = self._peek()
-            if tok is None:
-                if closer is not None:
-                    raise ValueError(f"config.pbtxt: missing {closer!r}")
-                return out
-            if tok == ("punct", closer):
-                self.i += 1
-                return out
-            if tok[0] == "punct" and tok[1] in ",;":
-                self.i += 1
-                continue
-            kind, name = self._next()
-            if kind != "word":
-                raise ValueError(f"config.pbtxt: expected a field name, got {name!r}")
-            if self._peek() == ("punct", ":"):
-                self.i += 1
-            for value in self._values():
-                out.append((name, value))
-
-    def _values(self) -> list[Any]:
-        tok = self._peek()
-        if tok == ("punct", "["):  # repeated field written as a list
-            self.i += 1
-            values: list[Any] = []
-            while True:
-                if self._peek() == ("punct", "]"):
-                    self.i += 1
-                    return values
-                if self._peek() == ("punct", ","):
-                    self.i += 1
-                    continue
-                values.append(self._value())
-        return [self._value()]
-
-    def _value(self) -> Any:
-        kind, tok = self._next()
-        if kind == "punct" and tok in _CLOSERS:
-            return self.fields(_CLOSERS[tok])
-        if kind in ("str", "word"):
-            return tok
-        raise ValueError(f"config.pbtxt: unexpected {tok!r}")
-
-
-def parse_pbtxt(pbtxt_text: str) -> list[Field]:
-    """The top-level fields of a protobuf text message, in order; messages are nested field lists."""
-    return _Parser(pbtxt_text).fields(None)
+    return str(text_format.MessageToString(config))
 
 
 def parse_parameters(pbtxt_text: str) -> dict[str, str]:
-    """`parameters { key: "k" value { string_value: "v" } }` entries of a Triton `config.pbtxt`.
-
-    Tolerant of whitespace, newlines, comments, `:` before a message, `[...]` lists and field order.
-    A later entry with the same key wins, as protobuf map semantics say.
-    """
-    params: dict[str, str] = {}
-    for name, value in parse_pbtxt(pbtxt_text):
-        if name != "parameters" or not isinstance(value, list):
-            continue
-        key = next((v for n, v in value if n == "key" and isinstance(v, str)), None)
-        body = next((v for n, v in value if n == "value" and isinstance(v, list)), None)
-        if key is None or body is None:
-            continue
-        string_value = next((v for n, v in body if n == "string_value" and isinstance(v, str)), None)
-        if string_value is not None:
-            params[key] = string_value
-    return params
+    """The `parameters` string values of a Triton `config.pbtxt` (a map: a later entry with a key wins)."""
+    return {k: v.string_value for k, v in parse_config(pbtxt_text).parameters.items()}
 
 
 def parse_model_name(pbtxt_text: str) -> str | None:
     """The top-level `name:` of a `config.pbtxt`, if it has one (Triton falls back to the folder name)."""
-    return next((v for n, v in parse_pbtxt(pbtxt_text) if n == "name" and isinstance(v, str)), None)
+    return parse_config(pbtxt_text).name or None
 
 
 def parameters_from_config_json(config: Mapping[str, Any]) -> dict[str, str]:
@@ -180,7 +89,7 @@ def _float(params: Mapping[str, str], key: str, default: float) -> float:
 def model_info_from_parameters(name: str, version: str, params: Mapping[str, str]) -> ModelInfo:
     """The `ModelInfo` a model's parameters describe.
 
-    Missing threshold -> 0.5, uncertain_band -> 0, weights -> "unknown", preprocessing_version -> "".
+    Missing threshold -> 0.5, uncertain_band -> 0, weights -> "unknown", hashes and preprocessing_version -> "".
     A malformed or out-of-range number raises ValueError: a wrong threshold is worse than not starting.
     """
     threshold = _float(params, "threshold", 0.5)
@@ -196,6 +105,8 @@ def model_info_from_parameters(name: str, version: str, params: Mapping[str, str
         threshold=threshold,
         uncertain_band=band,
         preprocessing_version=params.get("preprocessing_version", ""),
+        weights_sha256=params.get("weights_sha256", ""),
+        checkpoint_sha256=params.get("checkpoint_sha256", ""),
     )
 
 

@@ -559,3 +559,54 @@ def test_build_context_allow_list_covers_the_package(dockerfile: str) -> None:
     assert 'readme = "README.md"' in pyproject
     for copied in re.findall(r"^COPY (?!--from)(\S+) ", (COMPOSE_DIR / dockerfile).read_text(), re.M):
         assert copied == "." or copied in allowed, copied
+
+
+# --- the exported model repository loads where the chart and compose put Triton ---------------------------
+
+
+def _triton_gpus(manifests: list[Manifest]) -> int:
+    resources = container(one(manifests, "Deployment", TRITON), "triton")["resources"]
+    return int(resources.get("limits", {}).get("nvidia.com/gpu", 0))
+
+
+def _exported_config(*args: str) -> str:
+    """config.pbtxt exactly as `dfmod-train export ... <args>` writes it (the CLI's own option parsing)."""
+    import argparse
+
+    from train import export
+
+    parser = argparse.ArgumentParser()
+    export.register(parser.add_subparsers())
+    ns = parser.parse_args(["export", "--arch", "tiny", *args])
+    return export.render_config(
+        backend=ns.backend, feature_dim=64, max_batch=ns.max_batch, parameters={}, tensorrt=ns.tensorrt,
+        device=ns.device,
+    )
+
+
+@pytest.mark.parametrize("prod", [False, True], ids=["default", "production"])
+def test_exported_config_matches_the_charts_gpu_setting(tools: Tools, prod: bool) -> None:
+    from train.export import placement_problem
+
+    gpus = _triton_gpus(parse(template(tools, prod)))
+    assert gpus == (1 if prod else 0)
+    # the default export (KIND_AUTO) loads on both; the production recipe needs the production GPUs
+    assert placement_problem(_exported_config("--backend", "onnxruntime"), gpus) is None
+    gpu_recipe = _exported_config("--backend", "onnxruntime", "--device", "gpu", "--tensorrt")
+    if prod:
+        assert placement_problem(gpu_recipe, gpus) is None
+    else:
+        assert "KIND_GPU" in (placement_problem(gpu_recipe, gpus) or "")
+        assert "TensorRT" in (placement_problem(_exported_config("--backend", "onnxruntime", "--tensorrt"), gpus) or "")
+
+
+def test_exported_config_matches_compose_with_and_without_the_gpu_override(tools: Tools) -> None:
+    from train.export import placement_problem
+
+    for files, gpus in ((("docker-compose.yml",), 0), (("docker-compose.yml", "docker-compose.gpu.yml"), 1)):
+        out = _compose(tools, *files)
+        assert out.returncode == 0, out.stderr
+        triton = json.loads(out.stdout)["services"]["triton"]
+        devices = triton.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+        assert (1 if any("gpu" in d.get("capabilities", []) for d in devices) else 0) == gpus
+        assert placement_problem(_exported_config("--backend", "onnxruntime"), gpus) is None

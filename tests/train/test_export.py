@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import re
 import shutil
 import sys
 import types
@@ -24,9 +23,8 @@ from train.checkpoint import save_checkpoint
 from train.export import MODEL_NAME, ExportReport, ParityError, export_repository, render_config
 from train.factory import create_detector
 from train.model import DeepfakeDetector, ServingModel
+from worker.model_config import parse_parameters
 from worker.version import PREPROCESSING_VERSION
-
-PARAM_RE = re.compile(r'parameters\s*\{\s*key:\s*"([^"]+)"\s*value:\s*\{\s*string_value:\s*"([^"]*)"\s*\}\s*\}')
 
 
 def _faces(n: int, seed: int) -> np.ndarray:
@@ -52,7 +50,9 @@ def exported(detector: DeepfakeDetector, tmp_path_factory: pytest.TempPathFactor
 def test_python_backend_repository_layout(exported: ExportReport) -> None:
     model_dir = Path(exported.model_dir)
     assert model_dir.name == MODEL_NAME
-    assert sorted(p.name for p in model_dir.iterdir()) == ["1", "config.pbtxt"]
+    assert sorted(p.name for p in model_dir.iterdir()) == ["1", "config.pbtxt", "requirements.txt"]
+    requirements = (model_dir / "requirements.txt").read_text()
+    assert f"onnxruntime=={ort.__version__}" in requirements and f"numpy=={np.__version__}" in requirements
     assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["model.onnx", "model.py"]
     assert exported.onnx_bytes == (model_dir / "1" / "model.onnx").stat().st_size > 0
     assert exported.max_abs_diff <= 1e-4
@@ -71,14 +71,15 @@ def test_config_is_valid_triton_config_with_the_contract(exported: ExportReport)
     assert list(outputs["embedding"].dims) == [64]
     assert all(o.data_type == model_config_pb2.TYPE_FP32 for o in cfg.output)
     assert cfg.HasField("dynamic_batching")
-    assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
-    # the simple one-line-per-key form the serverless `dfmod scan` parses with a regex
-    params = dict(PARAM_RE.findall(text))
+    assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_AUTO  # --device auto
+    # the worker's reader (worker.model_config) sees exactly what Triton's schema parses
+    params = parse_parameters(text)
     assert params == {k: v.string_value for k, v in cfg.parameters.items()}
     assert params["threshold"] == "0.42" and params["uncertain_band"] == "0.1"
     assert params["weights"] == "random-init" and params["arch"] == "tiny" and params["feature_dim"] == "64"
     assert params["preprocessing_version"] == PREPROCESSING_VERSION
-    assert params["checkpoint_sha256"] == ""
+    assert params["checkpoint_sha256"] == "" and params["weights_sha256"] == ""
+    assert params["head_norm"] == "true"
 
 
 @pytest.mark.parametrize("batch", [1, 5])
@@ -108,7 +109,7 @@ def test_second_version_with_onnxruntime_backend_keeps_the_first(
 ) -> None:
     out = tmp_path / "triton_models"
     shutil.copytree(Path(exported.model_dir).parent, out)
-    report = export_repository(detector, out, backend="onnxruntime", version=2, tensorrt=True)
+    report = export_repository(detector, out, backend="onnxruntime", version=2, tensorrt=True, device="gpu")
     model_dir = Path(report.model_dir)
     assert (model_dir / "1" / "model.onnx").exists()  # version 1 untouched
     assert sorted(p.name for p in (model_dir / "2").iterdir()) == ["model.onnx"]
@@ -119,6 +120,21 @@ def test_second_version_with_onnxruntime_backend_keeps_the_first(
     assert accel.name == "tensorrt"
 
 
+def test_execution_env_ships_a_packed_python_for_the_python_backend(
+    detector: DeepfakeDetector, tmp_path: Path
+) -> None:
+    env = tmp_path / "dfmod-py311.tar.gz"
+    env.write_bytes(b"packed")  # a conda-pack archive; Triton unpacks it, export only places it
+    report = export_repository(detector, tmp_path / "repo", backend="python", execution_env=env)
+    model_dir = Path(report.model_dir)
+    assert (model_dir / env.name).read_bytes() == b"packed"
+    params = parse_parameters((model_dir / "config.pbtxt").read_text())
+    assert params["EXECUTION_ENV_PATH"] == "$$TRITON_MODEL_DIRECTORY/dfmod-py311.tar.gz"
+    with pytest.raises(ValueError, match="python"):
+        export_repository(detector, tmp_path / "r2", backend="onnxruntime", execution_env=env)
+    assert not (tmp_path / "r2").exists()
+
+
 def test_render_config_rejects_bad_combinations() -> None:
     with pytest.raises(ValueError):
         render_config(backend="python", feature_dim=8, max_batch=8, parameters={}, tensorrt=True)
@@ -126,6 +142,10 @@ def test_render_config_rejects_bad_combinations() -> None:
         render_config(backend="tensorflow", feature_dim=8, max_batch=8, parameters={})
     with pytest.raises(ValueError):
         render_config(backend="python", feature_dim=8, max_batch=0, parameters={})
+    with pytest.raises(ValueError, match="GPU"):
+        render_config(backend="onnxruntime", feature_dim=8, max_batch=8, parameters={}, tensorrt=True, device="cpu")
+    with pytest.raises(ValueError):
+        render_config(backend="onnxruntime", feature_dim=8, max_batch=8, parameters={}, device="tpu")
     text = render_config(backend="python", feature_dim=8, max_batch=8, parameters={"weights": 'a"b\\c'})
     assert _parse(text).parameters["weights"].string_value == 'a"b\\c'
 
@@ -138,9 +158,9 @@ def test_cli_exports_a_checkpoint_with_its_calibration(detector: DeepfakeDetecto
     out = tmp_path / "repo"
     args = parser.parse_args(["export", "--checkpoint", str(ck), "--out", str(out), "--json"])
     assert args.func(args) == 0
-    params = dict(PARAM_RE.findall((out / MODEL_NAME / "config.pbtxt").read_text()))
+    params = parse_parameters((out / MODEL_NAME / "config.pbtxt").read_text())
     assert params["threshold"] == "0.37" and params["uncertain_band"] == "0.05"
-    assert params["checkpoint_sha256"] == sha
+    assert params["checkpoint_sha256"] == sha and params["weights_sha256"] == sha
     args = parser.parse_args(["export", "--arch", "tiny", "--out", str(tmp_path / "r2"), "--tolerance", "-1"])
     assert args.func(args) != 0
     assert not (tmp_path / "r2").exists()

@@ -155,3 +155,16 @@ def test_init_from_an_imported_checkpoint_defaults_to_its_own_hyper_parameters(t
     # it started from the imported parameters (lr 1e-30: they are still exactly those)
     trained = read_checkpoint(out / "last.pt")["state_dict"]
     assert torch.equal(trained["head.weight"], torch.full_like(trained["head.weight"], 0.25))
+
+
+def test_init_from_a_head_without_l2_norm_is_refused_in_one_line(
+    task: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GenD's 'linear' head reads the raw feature; the recipes train on the hypersphere, so fit refuses it."""
+    src = tmp_path / "linear-head.pt"
+    save_checkpoint(src, create_detector("tiny", seed=5, head_norm=False), {})
+    out = tmp_path / "run"
+    rc = main(["fit", "--data", str(task), "--init", str(src), "--out", str(out), "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "without L2 norm" in err[0] and str(src) in err[0]
+    assert not (out / "last.pt").exists()

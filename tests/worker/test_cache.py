@@ -24,7 +24,7 @@ REDIS_SERVER = "/usr/bin/redis-server"
 SHA = "ab" * 32
 MODEL = ModelInfo(
     name="deepfake_clip", version="2", weights="sha256:0123", threshold=0.42, uncertain_band=0.05,
-    preprocessing_version="align5-s1.3-224-rgb-v1",
+    preprocessing_version="align5-s1.3-224-rgb-v1", weights_sha256="cd" * 32, checkpoint_sha256="ef" * 32,
 )
 PIPELINE = "dfmod-0.1.0+align5-s1.3-224-rgb-v1"
 PREFIX = "dfmod:verdict:"
@@ -35,7 +35,8 @@ PREFIX = "dfmod:verdict:"
 def test_key_follows_the_documented_recipe() -> None:
     canonical = json.dumps(
         {
-            "v": 1, "model": "deepfake_clip", "version": "2", "weights": "sha256:0123",
+            "v": 2, "model": "deepfake_clip", "version": "2", "weights": "sha256:0123",
+            "weights_sha256": "cd" * 32, "checkpoint_sha256": "ef" * 32,
             "threshold": "0.42", "uncertain_band": "0.05", "preprocessing": "align5-s1.3-224-rgb-v1",
             "pipeline": PIPELINE,
         },
@@ -51,6 +52,8 @@ def test_key_follows_the_documented_recipe() -> None:
         {"name": "other_model"},
         {"version": "3"},
         {"weights": "openai"},
+        {"weights_sha256": "00" * 32},  # other weights exported under the same version and provenance label
+        {"checkpoint_sha256": "11" * 32},  # a retrained checkpoint exported as the same version
         {"threshold": 0.43},
         {"uncertain_band": 0.0},
         {"preprocessing_version": "align5-s1.3-224-rgb-v2"},

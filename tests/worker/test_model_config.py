@@ -150,3 +150,23 @@ def test_check_preprocessing() -> None:
     with pytest.raises(ValueError):
         check_preprocessing(missing)
     check_preprocessing(missing, allow_missing=True)
+
+
+def test_fields_a_newer_triton_added_do_not_stop_the_worker() -> None:
+    text = REALISTIC + "\nsome_field_of_triton_3: 7\nresponse_cache { enable: true }\n"
+    assert parse_parameters(text)["threshold"] == "0.4375"
+
+
+def test_text_triton_would_refuse_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"config\.pbtxt"):
+        parse_parameters("max_batch_size: many")
+    with pytest.raises(ValueError, match=r"config\.pbtxt"):
+        parse_parameters('input [ { name: "faces" data_type: TYPE_NOT_A_TYPE } ]')
+
+
+def test_weights_hashes_reach_the_model_info() -> None:
+    params = {"weights": "yermandy/GenD_CLIP_L_14@abc", "weights_sha256": "d7" * 32, "checkpoint_sha256": "0f" * 32}
+    info = model_info_from_parameters("deepfake_clip", "1", params)
+    assert info.weights == "yermandy/GenD_CLIP_L_14@abc"
+    assert info.weights_sha256 == "d7" * 32 and info.checkpoint_sha256 == "0f" * 32
+    assert model_info_from_parameters("m", "1", {}).weights_sha256 == ""

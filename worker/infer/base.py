@@ -14,14 +14,11 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from worker.contracts import ModelInfo
+from worker.model_config import CROP_SHAPE, INPUT_NAME, OUTPUT_EMBEDDING, OUTPUT_FAKE_PROB  # noqa: F401 (re-exported)
 from worker.types import Scores
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "faces"
-OUTPUT_FAKE_PROB = "fake_prob"
-OUTPUT_EMBEDDING = "embedding"
-CROP_SHAPE = (224, 224, 3)
 
 #: Called exactly once per `infer_async` request, from a backend thread: (scores, None) or (None, error).
 ScoresCallback = Callable[[Scores | None, BaseException | None], None]
