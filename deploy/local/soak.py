@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import SHARED, Stack, Topics, WorkerProcess, export_standin, produce
+from harness import Stack, Topics, WorkerProcess, astronaut_png, export_standin, produce
 
 from worker.samples import encode_image, load_rgb
 
@@ -52,7 +52,7 @@ def traffic(n: int, seed: int = 0) -> Traffic:
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    rgb = load_rgb(SHARED / "fixtures" / "astronaut.png")
+    rgb = load_rgb(astronaut_png())
     out, stills = Traffic(), []
     for i in range(n):
         roll = i % 20
