@@ -61,7 +61,9 @@ def start_worker(conn: dict[str, str], topics: Topics, tmp_path: Path) -> Iterat
     started: list[WorkerProcess] = []
 
     def factory(**overrides: str) -> WorkerProcess:
-        env = {**conn, **topics.env(), "DFMOD_MEDIA_THREADS": "2", "DFMOD_LOG_LEVEL": "INFO", **overrides}
+        # A cache namespace per test: a verdict cached by an earlier test must never answer this one's media.
+        cache_ns = {"DFMOD_CACHE__KEY_PREFIX": f"dfmod:verdict:{topics.events}:"}
+        env = {**conn, **topics.env(), "DFMOD_MEDIA_THREADS": "2", "DFMOD_LOG_LEVEL": "INFO", **cache_ns, **overrides}
         worker = WorkerProcess(env, tmp_path / f"worker-{len(started)}.log")
         started.append(worker)
         return worker.start()

@@ -18,6 +18,7 @@ from harness import Stack, Topics, collect, produce
 
 from train.model import normalise
 from train.released import standins
+from worker.infer.base import infer_blocking
 from worker.infer.triton import TritonBackend
 from worker.settings import TritonSettings
 
@@ -92,7 +93,7 @@ def test_imported_release_is_served_with_its_provenance(
     try:
         backend.wait_ready(120)
         info = backend.model_info()
-        served = backend.infer(faces)
+        served = infer_blocking(backend, faces)
     finally:
         backend.close()
     assert float(np.abs(served.fake_prob - reference.numpy()).max()) < 1e-4

@@ -60,13 +60,16 @@ def test_consumer_lag_is_what_the_group_has_not_taken_yet(bootstrap: str, topics
     events = [media.event(media.still_png()) for _ in range(6)]
     produce(bootstrap, topics.events, [(k, v) for _, k, v in events])
     settings = KafkaSettings(bootstrap_servers=bootstrap, events_topic=topics.events, group_id=topics.group)
-    consumer = EventConsumer(settings, on_revoked=lambda _: None, on_assigned=lambda _: None)
+    consumer = EventConsumer(settings)
     try:
         deadline = time.monotonic() + 30
         taken: list[object] = []
-        while not consumer.assignment() and time.monotonic() < deadline:
+        assigned: set[object] = set()
+        while len(assigned) < 4 and time.monotonic() < deadline:
             taken += consumer.poll(timeout_ms=200, max_records=1)  # joining may already hand out a record
-        assert len(consumer.assignment()) == 4
+            for change in consumer.rebalance_events():
+                assigned = assigned | set(change.partitions) if change.kind == "assigned" else assigned
+        assert len(assigned) == 4
         assert sum(consumer.lag().values()) == 6 - len(taken)
         target = len(taken) + 2
         while len(taken) < target and time.monotonic() < deadline:

@@ -7,6 +7,7 @@ import torch
 
 from train.factory import create_detector
 from train.model import ServingModel
+from worker.infer.base import infer_blocking
 from worker.infer.triton import TritonBackend
 from worker.settings import TritonSettings
 from worker.version import PREPROCESSING_VERSION
@@ -25,7 +26,7 @@ def test_triton_matches_pytorch_and_carries_the_model_parameters(conn: dict[str,
     try:
         backend.wait_ready(60)
         info = backend.model_info()
-        got = backend.infer(faces)
+        got = infer_blocking(backend, faces)
     finally:
         backend.close()
 

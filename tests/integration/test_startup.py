@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 from harness import BIN, Stack, Topics, free_port, produce
 
+from worker.model_config import config_text, parse_config
 from worker.produce import inline_event
 
 from . import media
@@ -67,10 +67,10 @@ def incompatible_triton(model_repo: Path, tmp_path_factory: pytest.TempPathFacto
     repo = tmp_path_factory.mktemp("incompatible_models")
     shutil.copytree(model_repo / "deepfake_clip", repo / "deepfake_clip")
     config = repo / "deepfake_clip" / "config.pbtxt"
-    text, n = re.subn(r'(key: "preprocessing_version"\s*value: \{\s*string_value: ")[^"]*"',
-                      r'\g<1>align5-s1.25-224-rgb-v0"', config.read_text())
-    assert n == 1, "the exported config.pbtxt no longer carries preprocessing_version as this test expects"
-    config.write_text(text)
+    parsed = parse_config(config.read_text())  # Triton's own schema, as the exporter writes it
+    assert "preprocessing_version" in parsed.parameters, "the exported config no longer carries it"
+    parsed.parameters["preprocessing_version"].string_value = "align5-s1.25-224-rgb-v0"
+    config.write_text(config_text(parsed))
     stack = Stack(stack_dir=tmp_path_factory.mktemp("incompatible_stack"), model_repo=repo)
     try:
         yield stack.up("triton")["DFMOD_TRITON__URL"]

@@ -48,13 +48,11 @@ def make_standin(fmt: str, arch: str, out: Path, seed: int = 0) -> tuple[Path, n
 
 def _triton_stage(repo: Path, faces: np.ndarray, work: Path) -> np.ndarray:
     sys.path.insert(0, str(REPO / "deploy" / "local"))
-    from concurrent.futures import Future
-
     from harness import Stack  # type: ignore[import-not-found]
 
+    from worker.infer.base import infer_blocking
     from worker.infer.triton import TritonBackend
     from worker.settings import TritonSettings
-    from worker.types import Scores
 
     stack = Stack(stack_dir=work / "stack", model_repo=repo)
     try:
@@ -62,13 +60,7 @@ def _triton_stage(repo: Path, faces: np.ndarray, work: Path) -> np.ndarray:
         backend = TritonBackend(TritonSettings(url=url))
         try:
             backend.wait_ready(120)
-            answer: Future[Scores] = Future()
-
-            def done(scores: Scores | None, error: BaseException | None) -> None:
-                answer.set_exception(error) if error is not None else answer.set_result(scores)  # type: ignore[arg-type]
-
-            backend.infer_async(faces, done)
-            return np.asarray(answer.result(timeout=120).fake_prob)
+            return np.asarray(infer_blocking(backend, faces, timeout_s=120).fake_prob)
         finally:
             backend.close()
     finally:

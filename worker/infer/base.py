@@ -110,3 +110,19 @@ def deliver_computed(callback: ScoresCallback, compute: Callable[[], Scores], fa
         deliver(callback, None, InferenceError(f"{failure}: {exc}", retriable=False))
         return
     deliver(callback, scores, None)
+
+
+def infer_blocking(backend: InferenceBackend, faces: np.ndarray, timeout_s: float = 60.0) -> Scores:
+    """Scores for `faces`, waiting for the backend's one callback (tools and tests; the worker never blocks)."""
+    from concurrent.futures import Future
+
+    answer: Future[Scores] = Future()
+
+    def done(scores: Scores | None, error: BaseException | None) -> None:
+        if error is not None:
+            answer.set_exception(error)
+        else:
+            answer.set_result(scores if scores is not None else empty_scores())
+
+    backend.infer_async(faces, done)
+    return answer.result(timeout=timeout_s)
