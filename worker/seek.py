@@ -17,6 +17,8 @@ which is always correct, so a lying index costs time, never a wrong frame.
 from __future__ import annotations
 
 import bisect
+import functools
+import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +31,10 @@ from worker.errors import ErrorCode, MediaError
 
 #: Demuxers whose seeking we use; others (gif, stills, raw streams) always take the sequential pass.
 SEEKABLE_CONTAINERS = frozenset({"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "mpegts", "flv", "avi"})
+
+
+#: Seeks aimed at ever earlier keyframes before giving up on a demuxer that lands past the one wanted.
+SEEK_RETRIES = 2
 
 
 class SeekUnreliable(Exception):
@@ -46,6 +52,14 @@ class PacketIndex:
     @property
     def count(self) -> int:
         return len(self.pts)
+
+    def position_of(self, pts: int | None) -> int | None:
+        """Decode position of the packet with this pts, None if the index has no such packet."""
+        return self._positions.get(pts) if pts is not None else None
+
+    @functools.cached_property
+    def _positions(self) -> dict[int, int]:
+        return {p: i for i, p in enumerate(self.pts)}
 
     def pts_of_rank(self, rank: int) -> int:
         return self.pts[self.by_rank[rank]]
@@ -98,53 +112,72 @@ def decode_ranks(
 
     `container` must be freshly opened (nothing demuxed yet).
     """
-    position_of = {p: i for i, p in enumerate(index.pts)}
     known = set(index.pts)
     order = sorted(index.pts)
     out: list[av.VideoFrame] = []
     run: Iterator[av.VideoFrame] | None = None
-    fed = _Fed()
+    fed = _Fed(key=0)
     for rank in ranks:
         target = index.pts_of_rank(rank)
         key = index.keyframe_for(rank)
         if run is None or key > fed.position + 1:
-            if run is not None or key > 0:
-                container.seek(index.pts[key], stream=stream, backward=True, any_frame=False)
-            fed = _Fed()
-            run = _frames(container, stream, index, position_of, fed, deadline, timeout_s)
+            packets = container.demux(stream) if run is None and key == 0 else _seek(container, stream, index, key)
+            fed = _Fed(key=key)
+            run = _frames(packets, index, fed, deadline, timeout_s)
         out.append(_advance_to(run, target, known, order, fed))
     return out
+
+
+def _seek(
+    container: av.container.InputContainer, stream: av.video.VideoStream, index: PacketIndex, key: int
+) -> Iterator[av.Packet]:
+    """Packets from the keyframe at decode position `key` on.
+
+    Demuxers seek by their own means (mpegts by byte position), so the landing is checked: early is fine (the
+    packets before the keyframe are skipped, undecoded); late is retried from an earlier keyframe, up to
+    `SEEK_RETRIES` times, and then the index is not trusted.
+    """
+    earlier = [k for k in range(key, -1, -1) if index.keyframe[k]][: SEEK_RETRIES + 1]
+    for aim in earlier:
+        container.seek(index.pts[aim], stream=stream, backward=True, any_frame=False)
+        packets = container.demux(stream)
+        for packet in packets:
+            if not packet.size:
+                break  # the end of the stream
+            position = index.position_of(packet.pts)
+            if position is None or position > key:
+                break  # landed past the keyframe: aim earlier
+            if position == key:
+                return itertools.chain([packet], packets)
+    raise SeekUnreliable("no seek landed at or before the keyframe")
 
 
 @dataclass
 class _Fed:
     """Where the current run (since the last seek) stands."""
 
+    key: int                      # decode position of the keyframe this run starts at (for reading)
     position: int = -1            # decode position of the last packet fed to the decoder
     last_pts: int | None = None   # pts of the last frame the decoder returned
     first: bool = True            # no frame returned yet since the seek
 
 
 def _frames(
-    container: av.container.InputContainer,
-    stream: av.video.VideoStream,
+    packets: Iterator[av.Packet],
     index: PacketIndex,
-    position_of: dict[int, int],
     fed: _Fed,
     deadline: float,
     timeout_s: float,
 ) -> Iterator[av.VideoFrame]:
-    """Decoded frames from the current demux position on, updating `fed` with the decode position reached."""
+    """Decoded frames of `packets`, updating `fed` with the decode position reached."""
     try:
-        for packet in container.demux(stream):
+        for packet in packets:
             if time.monotonic() > deadline:
                 raise MediaError(ErrorCode.TIMEOUT, f"decoding ran past {timeout_s} s")
             if packet.size:
-                if packet.pts not in position_of:
+                position = index.position_of(packet.pts)
+                if position is None:
                     raise SeekUnreliable(f"packet pts {packet.pts} is not in the index")
-                position = position_of[packet.pts]
-                if fed.position < 0 and not index.keyframe[position]:
-                    raise SeekUnreliable("the seek did not land on a keyframe")
                 fed.position = position
             try:
                 frames = packet.decode()
