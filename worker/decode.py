@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -44,6 +45,8 @@ from worker.sampling import even_indices, even_times
 from worker.seek import PacketIndex, SeekUnreliable, decode_ranks, scan_packets
 from worker.settings import DecodeSettings
 from worker.types import DecodedMedia, Frame, RGBImage
+
+log = logging.getLogger(__name__)
 
 #: Demuxers that carry a single still picture.
 STILL_CONTAINERS = frozenset({"png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "image2"})
@@ -234,7 +237,8 @@ def _seek_picks(
     picks = selector.finish(last)
     try:
         frames = decode_ranks(container, stream, index, [p.index for p in picks], deadline, settings.timeout_s)
-    except SeekUnreliable:
+    except SeekUnreliable as exc:
+        log.info("seeking sampler fell back to the sequential pass", extra={"reason": str(exc)})
         return None
     for pick, frame in zip(picks, frames, strict=True):
         _check_pixels(frame.width, frame.height, settings)

@@ -12,6 +12,10 @@ is not a keyframe, or a demuxer error makes `scan_packets` answer None; a seek t
 frame after a seek that is not a keyframe, a timestamp out of the index, going backwards or passing the
 target, or a packet that fails to decode raises `SeekUnreliable`. The caller then runs the sequential pass,
 which is always correct, so a lying index costs time, never a wrong frame.
+
+One difference remains by design: a packet that fails to decode inside a skipped interval is never seen, so
+frame positions count it as a frame where the sequential pass (which skips it) does not; the pixels of every
+pick are still those of the frame at that timestamp.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ from worker.errors import ErrorCode, MediaError
 SEEKABLE_CONTAINERS = frozenset({"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "mpegts", "flv", "avi"})
 
 
+#: Seek only when it skips at least this many packets: a seek drops the decoder's pipeline (frame threads,
+#: B-frame reordering), a few frames of work, so decoding on through a short gap is cheaper.
+MIN_SKIP = 8
 #: Seeks aimed at ever earlier keyframes before giving up on a demuxer that lands past the one wanted.
 SEEK_RETRIES = 2
 
@@ -108,7 +115,8 @@ def decode_ranks(
     deadline: float,
     timeout_s: float,
 ) -> list[av.VideoFrame]:
-    """The frames of presentation ranks `ranks` (ascending), seeking past keyframe intervals with none of them.
+    """The frames of presentation ranks `ranks` (ascending), seeking past keyframe intervals with none of them
+    (when the next pick's keyframe is `MIN_SKIP` or more packets past what the decoder was fed).
 
     `container` must be freshly opened (nothing demuxed yet).
     """
@@ -120,7 +128,7 @@ def decode_ranks(
     for rank in ranks:
         target = index.pts_of_rank(rank)
         key = index.keyframe_for(rank)
-        if run is None or key > fed.position + 1:
+        if run is None or key > fed.position + MIN_SKIP:
             packets = container.demux(stream) if run is None and key == 0 else _seek(container, stream, index, key)
             fed = _Fed(key=key)
             run = _frames(packets, index, fed, deadline, timeout_s)
