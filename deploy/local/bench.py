@@ -292,6 +292,7 @@ class WorkerFigures:
     cpu_per_still: float = 0.0
     cpu_per_video: float = 0.0
     cached_ms: list[float] = field(default_factory=list)
+    cached_stage_ms: list[float] = field(default_factory=list)  # the worker's own stages (verdict timings_ms)
     cached_mb: float = 0.0
     rss_mb: dict[str, float] = field(default_factory=dict)
 
@@ -345,6 +346,7 @@ def worker_run(conn: dict[str, str], plan: Plan, stills: list[bytes], media_dir:
             if not verdict["data"].get("cached"):
                 raise RuntimeError("a repeat of the same bytes was not answered from the cache")
             fig.cached_ms.append(ts - sent[key.decode()][0])
+            fig.cached_stage_ms.append(sum(float(v) for v in (verdict["data"].get("timings_ms") or {}).values()))
         fig.rss_mb["end"] = proc.rss_mb()
     except Exception:
         log(worker.log_tail())
@@ -393,7 +395,8 @@ def report(args: argparse.Namespace, rows: list[StageRow], bare: dict[int, float
         f"  worker CPU s per still / per {args.plan.worker_video.name} video: "
         f"{fig.cpu_per_still:.3f} / {fig.cpu_per_video:.2f} (whole process, /proc)",
         f"  cached repeat, {fig.cached_mb:.2f} MB inline video, event -> verdict: "
-        f"p50 {statistics.median(cached):.0f} ms, p95 {_pct(cached, 0.95):.0f} ms ({len(cached)} repeats)",
+        f"p50 {statistics.median(cached):.0f} ms, p95 {_pct(cached, 0.95):.0f} ms ({len(cached)} repeats; "
+        f"the worker's own stages p50 {statistics.median(fig.cached_stage_ms):.1f} ms)",
         "  worker RSS MB: " + ", ".join(f"{k} {v:.0f}" for k, v in fig.rss_mb.items()),
         "", f"sizing: vCPUs of workers per GPU, assuming {GPU_FACES_PER_S:.0f} faces/s per GPU "
         f"(an H200 on ViT-L/14: an assumption, not measured here) = {GPU_FACES_PER_S / FACES_PER_VIDEO:.0f} "
