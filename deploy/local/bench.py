@@ -307,17 +307,19 @@ def worker_run(conn: dict[str, str], plan: Plan, stills: list[bytes], media_dir:
     videos = [clip + (16).to_bytes(4, "big") + b"free" + i.to_bytes(8, "big") for i in range(plan.worker_videos)]
     cached = video(face, plan.cached_video, media_dir)
     topics = Topics.fresh(bootstrap, prefix="bench")
-    produce(bootstrap, topics.events, _events(stills))  # the backlog waits for the worker
     worker = WorkerProcess({**conn, **topics.env()}, tmp / "worker.log")
     fig = WorkerFigures(cached_mb=len(cached) / 1e6)
     try:
         worker.start()
         assert worker.proc is not None
         proc = ProcStat(worker.proc.pid)
-        ready_wall, cpu0 = time.time(), proc.cpu_s()
         fig.rss_mb["ready"] = proc.rss_mb()
+        cpu0 = proc.cpu_s()
+        # the worker is ready and idle: from the first event record to the last verdict record is its work
+        produce(bootstrap, topics.events, _events(stills))
+        sent = _records(bootstrap, topics.events, len(stills))
         done = _records(bootstrap, topics.verdicts, len(stills))
-        busy = max(ts for ts, _ in done.values()) / 1000.0 - ready_wall
+        busy = (max(ts for ts, _ in done.values()) - min(ts for ts, _ in sent.values())) / 1000.0
         fig.faces = sum(int(v["data"].get("faces_count") or 0) for _, v in done.values())
         fig.faces_per_s = fig.faces / max(1e-9, busy)
         fig.cpu_per_still = (proc.cpu_s() - cpu0) / len(stills)
