@@ -124,13 +124,13 @@ def decode_ranks(
     order = sorted(index.pts)
     out: list[av.VideoFrame] = []
     run: Iterator[av.VideoFrame] | None = None
-    fed = _Fed(key=0)
+    fed = _Fed()
     for rank in ranks:
         target = index.pts_of_rank(rank)
         key = index.keyframe_for(rank)
         if run is None or key > fed.position + MIN_SKIP:
             packets = container.demux(stream) if run is None and key == 0 else _seek(container, stream, index, key)
-            fed = _Fed(key=key)
+            fed = _Fed()
             run = _frames(packets, index, fed, deadline, timeout_s)
         out.append(_advance_to(run, target, known, order, fed))
     return out
@@ -164,7 +164,6 @@ def _seek(
 class _Fed:
     """Where the current run (since the last seek) stands."""
 
-    key: int                      # decode position of the keyframe this run starts at (for reading)
     position: int = -1            # decode position of the last packet fed to the decoder
     last_pts: int | None = None   # pts of the last frame the decoder returned
     first: bool = True            # no frame returned yet since the seek
