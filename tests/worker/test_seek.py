@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from worker.decode import decode_media
+from worker.sampling import even_indices
 from worker.seek import SEEK_RETRIES, SeekUnreliable, decode_ranks, scan_packets
 from worker.settings import DecodeSettings
 from worker.types import DecodedMedia, RGBImage
@@ -184,3 +185,34 @@ def test_a_cut_ts_and_an_mkv_without_cues_take_the_sequential_frames(astronaut_r
         assert probe.duration is None  # nor a duration: sampled by the unknown-length plan
     assert_same_frames(decode_media(no_cues, DecodeSettings(seek=True)),
                        decode_media(no_cues, DecodeSettings(seek=False)))
+
+
+def _looped(blob: bytes, times: int) -> bytes:
+    """`blob` (closed GOPs) played `times` times over in one mp4: packets copied with shifted timestamps."""
+    buf = io.BytesIO()
+    with _read(blob) as src, av.open(buf, mode="w", format="mp4") as out:
+        source = src.streams.video[0]
+        packets = [p for p in src.demux(source) if p.size]
+        span = source.duration or 0
+        stream = out.add_stream_from_template(source)
+        for r in range(times):
+            for p in packets:
+                copy = av.Packet(bytes(p))
+                copy.pts, copy.dts = p.pts + r * span, p.dts + r * span  # type: ignore[operator]
+                copy.is_keyframe, copy.time_base, copy.stream = p.is_keyframe, p.time_base, stream
+                out.mux(copy)
+    return buf.getvalue()
+
+
+def test_a_video_at_the_duration_limit_is_sampled_by_seeking(clips: dict[str, bytes]) -> None:
+    """3,600 s (the default limit, 108,000 frames) is decoded within the default timeout, with the right pixels:
+    the clip repeats every 360 frames, so frame i must equal the clip's frame i % 360."""
+    clip = clips["mp4 h264 b-frames"]
+    hour = _looped(clip, 300)
+    with _read(clip) as full:
+        every = [f.to_ndarray(format="rgb24") for f in full.decode(video=0)]
+    media = decode_media(hour, DecodeSettings())
+    assert media.duration_s == pytest.approx(3600.0) and media.frame_count == 108_000
+    assert [f.index for f in media.frames] == even_indices(108_000, 32)
+    for frame in media.frames:
+        assert np.array_equal(frame.rgb, every[frame.index % 360]), frame.index
