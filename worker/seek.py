@@ -5,7 +5,8 @@ video took ~14 CPU s for 32 frames). Instead, one demux pass (packets only, noth
 lists every packet's timestamp and keyframe flag; the sampler then chooses frames by their presentation
 rank exactly as the sequential pass would, and this module fetches each chosen frame by seeking to the
 keyframe before it when that keyframe lies past what was already fed to the decoder, decoding forward
-only to it. Frames are the same pixels as a full decode because decoding restarts at a keyframe.
+only to it, and skipping on the way the non-reference frames that are not picks. Frames are the same pixels
+as a full decode: decoding restarts at a keyframe, and no frame is predicted from a non-reference one.
 
 Nothing here trusts the container: a packet without a timestamp, duplicate timestamps, a first packet that
 is not a keyframe, or a demuxer error makes `scan_packets` answer None; a seek that lands elsewhere, a first
@@ -20,7 +21,6 @@ pick are still those of the frame at that timestamp.
 
 from __future__ import annotations
 
-import bisect
 import functools
 import itertools
 import time
@@ -121,7 +121,7 @@ def decode_ranks(
     `container` must be freshly opened (nothing demuxed yet).
     """
     known = set(index.pts)
-    order = sorted(index.pts)
+    wanted = {index.by_rank[rank] for rank in ranks}
     out: list[av.VideoFrame] = []
     run: Iterator[av.VideoFrame] | None = None
     fed = _Fed()
@@ -131,8 +131,9 @@ def decode_ranks(
         if run is None or key > fed.position + MIN_SKIP:
             packets = container.demux(stream) if run is None and key == 0 else _seek(container, stream, index, key)
             fed = _Fed()
-            run = _frames(packets, index, fed, deadline, timeout_s)
-        out.append(_advance_to(run, target, known, order, fed))
+            run = _frames(packets, stream, index, wanted, fed, deadline, timeout_s)
+        out.append(_advance_to(run, target, known, fed))
+    stream.codec_context.skip_frame = "DEFAULT"
     return out
 
 
@@ -171,12 +172,19 @@ class _Fed:
 
 def _frames(
     packets: Iterator[av.Packet],
+    stream: av.video.VideoStream,
     index: PacketIndex,
+    wanted: set[int],
     fed: _Fed,
     deadline: float,
     timeout_s: float,
 ) -> Iterator[av.VideoFrame]:
-    """Decoded frames of `packets`, updating `fed` with the decode position reached."""
+    """Decoded frames of `packets`, updating `fed` with the decode position reached.
+
+    Non-reference frames (most B-frames) that are not wanted are not decoded at all (`skip_frame=NONREF`):
+    no other frame is predicted from them, so every frame that is decoded has the very same pixels.
+    """
+    codec = stream.codec_context
     try:
         for packet in packets:
             if time.monotonic() > deadline:
@@ -186,6 +194,9 @@ def _frames(
                 if position is None:
                     raise SeekUnreliable(f"packet pts {packet.pts} is not in the index")
                 fed.position = position
+                codec.skip_frame = "DEFAULT" if position in wanted else "NONREF"
+            else:
+                codec.skip_frame = "DEFAULT"  # draining: whatever is still inside comes out
             try:
                 frames = packet.decode()
             except av.FFmpegError as exc:
@@ -195,18 +206,17 @@ def _frames(
         raise SeekUnreliable(f"demuxing after a seek failed: {exc}") from exc
 
 
-def _advance_to(
-    run: Iterator[av.VideoFrame], target: int, known: set[int], order: list[int], fed: _Fed
-) -> av.VideoFrame:
-    """Decode forward to the frame at pts `target`, checking that every frame on the way is where the index says."""
+def _advance_to(run: Iterator[av.VideoFrame], target: int, known: set[int], fed: _Fed) -> av.VideoFrame:
+    """Decode forward to the frame at pts `target`, checking that every frame on the way is where the index says
+    (skipped non-reference frames leave gaps; order and the index's timestamps must hold)."""
     for frame in run:
         pts = frame.pts
         if pts is None or pts not in known:
             raise SeekUnreliable(f"decoded a frame with pts {pts} that the index does not list")
         if fed.first and not frame.key_frame:
             raise SeekUnreliable("the first frame after a seek is not a keyframe")
-        if fed.last_pts is not None and bisect.bisect_left(order, pts) != bisect.bisect_left(order, fed.last_pts) + 1:
-            raise SeekUnreliable("frames came out of order or one was skipped")
+        if fed.last_pts is not None and pts <= fed.last_pts:
+            raise SeekUnreliable("frames came out of order")
         fed.first = False
         fed.last_pts = pts
         if pts == target:
