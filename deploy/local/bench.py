@@ -61,7 +61,7 @@ class Plan:
     stills: int                # worker/naive backlog of stills
     worker_videos: int         # 720p 10 s videos through the worker, for its CPU per video
     cached_repeats: int
-    bare_requests: int         # requests per batch size for the bare model
+    bare_faces: int            # faces per batch size for the bare model
     limit_repeats: int = 0     # >0: also a 720p clip repeated to this many times 10 s (the duration limit)
     worker_video: VideoSpec = WORKER_VIDEO
     cached_video: VideoSpec = CACHED_VIDEO
@@ -70,12 +70,12 @@ class Plan:
     def full(cls) -> Plan:
         clips = [VideoSpec(s, d) for d in (10, 300) for s in ("480p", "720p", "1080p")]
         return cls(videos=[*clips[:3], VideoSpec("720p", 60), *clips[3:]], repeats=3, stills=200,
-                   worker_videos=12, cached_repeats=40, bare_requests=30, limit_repeats=360)
+                   worker_videos=12, cached_repeats=40, bare_faces=320, limit_repeats=360)
 
     @classmethod
     def quick(cls) -> Plan:
         return cls(videos=[VideoSpec(s, d) for d in (2, 8) for s in ("480p", "720p", "1080p")], repeats=1,
-                   stills=6, worker_videos=2, cached_repeats=3, bare_requests=2,
+                   stills=6, worker_videos=2, cached_repeats=3, bare_faces=8,
                    worker_video=VideoSpec("480p", 2))
 
 
@@ -185,8 +185,9 @@ def _infer(client: Any, faces: Any, model: str = "deepfake_clip") -> Any:
     return result.as_numpy(OUTPUT_FAKE_PROB)
 
 
-def bare_model(conn: dict[str, str], requests: int) -> dict[int, float]:
-    """Faces/s of the served model alone, per batch size (sequential requests of random 224x224 crops)."""
+def bare_model(conn: dict[str, str], faces_per_size: int) -> dict[int, float]:
+    """Faces/s of the served model alone, per batch size (sequential requests of random 224x224 crops, at
+    least 3 per size and about `faces_per_size` faces)."""
     import numpy as np
 
     client = _triton(conn)
@@ -198,6 +199,7 @@ def bare_model(conn: dict[str, str], requests: int) -> dict[int, float]:
     for size in sizes:
         faces = rng.integers(0, 256, (size, 224, 224, 3), dtype=np.uint8)
         _infer(client, faces)  # warm-up
+        requests = max(3, -(-faces_per_size // size))
         start = time.perf_counter()
         for _ in range(requests):
             _infer(client, faces)
@@ -453,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             conn = stack.up() if stack is not None else read_env_file(args.stack_dir / "env")
             log("bare model")
-            bare = bare_model(conn, args.plan.bare_requests)
+            bare = bare_model(conn, args.plan.bare_faces)
             log("naive loop")
             naive = naive_loop(conn, distinct_stills(load_rgb(SHARED / "fixtures" / "astronaut.png"),
                                                      min(len(stills), 50)), faces)
