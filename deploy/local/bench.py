@@ -18,6 +18,7 @@ Timings are wall/CPU on whatever machine runs it; on a shared machine say so nex
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -426,11 +427,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few small items per part (CI)")
     parser.add_argument("--media-dir", type=Path, help="keep generated media here and reuse it")
     parser.add_argument("--skip-stack", action="store_true", help="only the per-stage CPU table")
+    parser.add_argument("--skip-stages", action="store_true", help="only the parts on the local stack")
+    parser.add_argument("--stills", type=int, help="stills through the worker (default: 200, quick 6)")
+    parser.add_argument("--worker-videos", type=int, help="videos through the worker (default: 12, quick 2)")
     parser.add_argument("--stack-dir", type=Path,
                         help="use the stack already running from this DFMOD_STACK_DIR (and the model it serves) "
                              "instead of starting one")
     args = parser.parse_args(argv)
     args.plan = Plan.quick() if args.quick else Plan.full()
+    overrides = {"stills": args.stills, "worker_videos": args.worker_videos}
+    args.plan = dataclasses.replace(args.plan, **{k: v for k, v in overrides.items() if v is not None})
+    if args.skip_stages:
+        args.plan = dataclasses.replace(args.plan, videos=[], limit_repeats=0)
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
