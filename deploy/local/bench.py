@@ -430,12 +430,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-stages", action="store_true", help="only the parts on the local stack")
     parser.add_argument("--stills", type=int, help="stills through the worker (default: 200, quick 6)")
     parser.add_argument("--worker-videos", type=int, help="videos through the worker (default: 12, quick 2)")
+    parser.add_argument("--bare-faces", type=int, help="faces per batch size for the bare model (default: 320)")
     parser.add_argument("--stack-dir", type=Path,
                         help="use the stack already running from this DFMOD_STACK_DIR (and the model it serves) "
                              "instead of starting one")
     args = parser.parse_args(argv)
     args.plan = Plan.quick() if args.quick else Plan.full()
-    overrides = {"stills": args.stills, "worker_videos": args.worker_videos}
+    overrides = {"stills": args.stills, "worker_videos": args.worker_videos, "bare_faces": args.bare_faces}
     args.plan = dataclasses.replace(args.plan, **{k: v for k, v in overrides.items() if v is not None})
     if args.skip_stages:
         args.plan = dataclasses.replace(args.plan, videos=[], limit_repeats=0)
