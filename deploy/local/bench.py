@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,8 @@ from worker.types import DecodedMedia, Detection, FaceDetector
 #: The issue's planning figure for one H200 running ViT-L/14: an assumption, not a measurement of ours.
 GPU_FACES_PER_S = 3000.0
 FACES_PER_VIDEO = 32
+#: Requests the bare-model measurement keeps in flight (the worker keeps up to triton.max_in_flight = 4).
+BARE_CONCURRENCY = 2
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WORKER_VIDEO = VideoSpec("720p", 10)
 CACHED_VIDEO = VideoSpec("720p", 10, noise=12)  # a fixed background texture makes it ~2.6 MB
@@ -187,25 +190,33 @@ def _infer(client: Any, faces: Any, model: str = "deepfake_clip") -> Any:
 
 
 def bare_model(conn: dict[str, str], faces_per_size: int) -> dict[int, float]:
-    """Faces/s of the served model alone, per batch size (sequential requests of random 224x224 crops, at
-    least 3 per size and about `faces_per_size` faces)."""
+    """Faces/s of the served model alone, per batch size: random 224x224 crops, about `faces_per_size` faces
+    (at least 3 requests) per size, from `BARE_CONCURRENCY` clients at once so the server is never idle
+    between a response and the next request."""
     import numpy as np
 
-    client = _triton(conn)
-    config = client.get_model_config("deepfake_clip", as_json=True)["config"]
-    top = int(config.get("max_batch_size", 32))
+    probe = _triton(conn)
+    top = int(probe.get_model_config("deepfake_clip", as_json=True)["config"].get("max_batch_size", 32))
+    probe.close()
     sizes = sorted({b for b in (1, 8, 16, 32, 64) if b <= top} | {min(top, 64)})
+    clients = [_triton(conn) for _ in range(BARE_CONCURRENCY)]
     rng = np.random.default_rng(0)
     out = {}
-    for size in sizes:
-        faces = rng.integers(0, 256, (size, 224, 224, 3), dtype=np.uint8)
-        _infer(client, faces)  # warm-up
-        requests = max(3, -(-faces_per_size // size))
-        start = time.perf_counter()
-        for _ in range(requests):
-            _infer(client, faces)
-        out[size] = size * requests / (time.perf_counter() - start)
-    client.close()
+    with ThreadPoolExecutor(BARE_CONCURRENCY) as pool:
+        for size in sizes:
+            faces = rng.integers(0, 256, (size, 224, 224, 3), dtype=np.uint8)
+            list(pool.map(_infer, clients, [faces] * len(clients)))  # warm-up
+            requests = max(3, -(-faces_per_size // (size * BARE_CONCURRENCY)))
+
+            def drive(client: Any, faces: Any = faces, requests: int = requests) -> None:
+                for _ in range(requests):
+                    _infer(client, faces)
+
+            start = time.perf_counter()
+            list(pool.map(drive, clients))
+            out[size] = size * requests * BARE_CONCURRENCY / (time.perf_counter() - start)
+    for client in clients:
+        client.close()
     return out
 
 
@@ -390,7 +401,8 @@ def report(args: argparse.Namespace, rows: list[StageRow], bare: dict[int, float
     cached = fig.cached_ms
     lines += [
         "", f"throughput on the local stack ({args.model})",
-        f"  bare model, Triton driven directly : {bare[best]:8.1f} faces/s at batch {best} "
+        f"  bare model, Triton driven directly : {bare[best]:8.1f} faces/s at batch {best}, "
+        f"{BARE_CONCURRENCY} in flight "
         f"({', '.join(f'{b}: {v:.1f}' for b, v in bare.items())})",
         f"  naive decode->detect->align->infer : {naive:8.1f} faces/s",
         f"  dfmod worker, {fig.faces} stills (1 face)  : {fig.faces_per_s:8.1f} faces/s",
