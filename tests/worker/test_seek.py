@@ -36,6 +36,7 @@ class Clip:
     gop: int = 30
     bframes: int = 3
     vfr: bool = False
+    open_gop: bool = False    # frames after a keyframe in decode order that show before it and predict across it
 
 
 def make_clip(face: RGBImage, clip: Clip, options: dict[str, str] | None = None) -> bytes:
@@ -48,7 +49,8 @@ def make_clip(face: RGBImage, clip: Clip, options: dict[str, str] | None = None)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if clip.codec == "libx264":
             stream.options = {"preset": "ultrafast", "x264-params":
-                              f"keyint={clip.gop}:min-keyint={clip.gop}:scenecut=0:bframes={clip.bframes}"}
+                              f"keyint={clip.gop}:min-keyint={clip.gop}:scenecut=0:bframes={clip.bframes}"
+                              f":open-gop={int(clip.open_gop)}"}
         else:
             stream.options = {"g": str(clip.gop), "deadline": "realtime", "cpu-used": "8"}
         if clip.vfr:
@@ -75,6 +77,7 @@ CLIPS = {
     "mp4 h264 b-frames": Clip("mp4", "libx264"),
     "mp4 h264 no b-frames": Clip("mp4", "libx264", bframes=0),
     "mp4 h264 variable frame rate": Clip("mp4", "libx264", vfr=True),
+    "mp4 h264 open gop": Clip("mp4", "libx264", open_gop=True),
     "mkv h264 b-frames": Clip("matroska", "libx264"),
     "mkv h264 variable frame rate": Clip("matroska", "libx264", vfr=True),
     "webm vp9": Clip("webm", "libvpx-vp9"),
@@ -127,7 +130,8 @@ class CountingContainer:
         return getattr(self._container, name)
 
 
-@pytest.mark.parametrize("name", ["mp4 h264 b-frames", "mkv h264 b-frames", "webm vp9", "ts h264 b-frames"])
+@pytest.mark.parametrize("name", ["mp4 h264 b-frames", "mp4 h264 open gop", "mkv h264 b-frames", "webm vp9",
+                                  "ts h264 b-frames"])
 def test_seeking_skips_keyframe_intervals_without_a_pick(clips: dict[str, bytes], name: str) -> None:
     blob = clips[name]
     with _read(blob) as scanned:
