@@ -58,8 +58,8 @@ stack-down:  ## stop what stack-up started
 stack-status:
 	deploy/local/stack.sh status
 
-bench: setup  ## end-to-end throughput/latency table on the local stack (micro-batching vs batch size 1)
-	timeout 1800 $(BIN)/python deploy/local/bench.py
+bench: setup  ## performance dashboard: CPU s per stage per media, worker vs bare model vs naive loop, cache, RSS, sizing (MODEL=ViT-B-32 for the ratios)
+	timeout 5400 nice $(BIN)/python deploy/local/bench.py --model $(or $(MODEL),tiny) $(BENCH_ARGS)
 
 soak: setup  ## mixed traffic with kill -9/restart cycles: events, verdicts, DLQ, lost, duplicates, latency, RSS
 	timeout 3600 $(BIN)/python deploy/local/soak.py $(SOAK_ARGS)

@@ -1,8 +1,8 @@
-"""Stage 3, decode: N evenly spaced RGB frames of a video (or the one frame of a still), in one pass.
+"""Stage 3, decode: N evenly spaced RGB frames of a video (or the one frame of a still).
 
 PyAV (FFmpeg) opens the bytes from memory; FFmpeg may only use the demuxers in
 `DecodeSettings.allowed_containers` (its `format_whitelist`, so a playlist or concat script can never make
-it open other files). Frames are picked while decoding sequentially, never by seeking, in one of three ways:
+it open other files). Which frames are sampled is decided in one of three ways:
 
 - frame count known (mp4 and most containers): `even_indices(count, N)` by decode position; decoding stops
   at the last wanted frame;
@@ -10,17 +10,27 @@ it open other files). Frames are picked while decoding sequentially, never by se
 - neither: every k-th frame is kept, k doubling whenever more than 2N are held, and `even_indices` picks N of
   those at the end (bounded memory, exact spacing).
 
-Damage policy: a packet that fails to decode is skipped (as the ffmpeg CLI does); a demuxer error (e.g. the
-bytes end early) ends the pass. If at least one frame was sampled by then, the frames so far are returned
-(the media is judged on what is there); otherwise DECODE_FAILED. A file whose index is missing (an mp4
-cut before its `moov` box) cannot be opened at all and is DECODE_FAILED.
+How they are fetched: by seeking (`worker.seek`, on by default, `DecodeSettings.seek`): one demux pass lists
+every packet, the same selector picks frames by presentation rank, and only the keyframe intervals that hold
+a pick are decoded, so the cost follows the number of samples, not the duration. Where the container cannot
+seek or its index proves wrong, the one sequential pass below decodes every frame up to the last pick; both
+give the very same frames.
+
+Damage policy (the sequential pass; a damaged container never takes the seeking path): a packet that fails
+to decode is skipped (as the ffmpeg CLI does); a demuxer error (e.g. the bytes end early) ends the pass. If at
+least one frame was sampled by then, the frames so far are returned (the media is judged on what is there);
+otherwise DECODE_FAILED. A file whose index is missing (an mp4 cut before its `moov` box) cannot be opened at
+all and is DECODE_FAILED.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Literal
@@ -33,8 +43,11 @@ import numpy as np
 from worker.errors import ErrorCode, MediaError
 from worker.probe import check_image_header
 from worker.sampling import even_indices, even_times
+from worker.seek import PacketIndex, SeekUnreliable, decode_ranks, scan_packets
 from worker.settings import DecodeSettings
 from worker.types import DecodedMedia, Frame, RGBImage
+
+log = logging.getLogger(__name__)
 
 #: Demuxers that carry a single still picture.
 STILL_CONTAINERS = frozenset({"png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "image2"})
@@ -46,7 +59,7 @@ MAX_PACKET_ERRORS = 32
 class _Picked:
     index: int
     time_s: float
-    frame: av.VideoFrame
+    frame: av.VideoFrame | None  # None while the seeking path has only planned the pick
 
 
 @dataclass
@@ -105,7 +118,7 @@ def decode_media(blob: bytes, settings: DecodeSettings, content_type: str | None
     deadline = time.monotonic() + settings.timeout_s
     container = _open(blob, settings, content_type)
     try:
-        return _decode(container, settings, deadline)
+        return _decode(container, settings, deadline, reopen=lambda: _open(blob, settings, content_type))
     finally:
         container.close()
 
@@ -133,7 +146,10 @@ def _open(blob: bytes, settings: DecodeSettings, content_type: str | None) -> av
 
 
 def _decode(
-    container: av.container.InputContainer, settings: DecodeSettings, deadline: float
+    container: av.container.InputContainer,
+    settings: DecodeSettings,
+    deadline: float,
+    reopen: Callable[[], av.container.InputContainer],
 ) -> DecodedMedia:
     if not container.streams.video:
         raise MediaError(ErrorCode.UNSUPPORTED_MEDIA, f"{container.format.name} without a video stream")
@@ -150,17 +166,32 @@ def _decode(
     if count > settings.max_decoded_frames:
         raise MediaError(ErrorCode.TOO_LONG, f"{count} frames is above {settings.max_decoded_frames}")
     rate = stream.average_rate or stream.guessed_rate
-    selector = _plan(settings.frames, count, duration, rate)
-    stream.thread_type = "AUTO"
 
-    last, decoded = _run(container, stream, selector, settings, deadline)
-    picks = selector.finish(last)
-    if not picks:
-        raise MediaError(ErrorCode.DECODE_FAILED, f"no frame could be decoded from {container.format.name}")
-    try:
-        frames = [Frame(index=p.index, time_s=p.time_s, rgb=_rgb(p.frame)) for p in picks]
-    except (av.FFmpegError, ValueError) as exc:  # a pixel format the converter cannot handle
-        raise MediaError(ErrorCode.DECODE_FAILED, f"cannot convert frames to RGB: {exc}") from exc
+    with contextlib.ExitStack() as opened:
+        index = None
+        if settings.seek and not still:
+            index = scan_packets(container, stream, deadline, settings.timeout_s)
+            container = opened.enter_context(contextlib.closing(reopen()))  # the demux pass consumed it
+            stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        selector = _plan(settings.frames, count, duration, rate)
+        seeked = None if index is None else _seek_picks(container, stream, index, selector, settings, deadline)
+        if seeked is not None:
+            picks, decoded = seeked
+        else:
+            if index is not None:  # the seek went wrong part-way: start over, sequentially
+                container = opened.enter_context(contextlib.closing(reopen()))
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+            selector = _plan(settings.frames, count, duration, rate)
+            last, decoded = _run(container, stream, selector, settings, deadline)
+            picks = selector.finish(last)
+        if not picks:
+            raise MediaError(ErrorCode.DECODE_FAILED, f"no frame could be decoded from {container.format.name}")
+        try:
+            frames = [Frame(index=p.index, time_s=p.time_s, rgb=_rgb(p.frame)) for p in picks]
+        except (av.FFmpegError, ValueError) as exc:  # a pixel format the converter cannot handle
+            raise MediaError(ErrorCode.DECODE_FAILED, f"cannot convert frames to RGB: {exc}") from exc
     # Stopped at the last wanted frame: trust the header. Ran to the end of the stream: we counted.
     frame_count = (count or _estimate(duration, rate) or decoded) if selector.done else decoded
     kind: Literal["image", "video"] = "image" if still or frame_count == 1 else "video"
@@ -176,7 +207,50 @@ def _decode(
     )
 
 
-def _rgb(frame: av.VideoFrame) -> RGBImage:
+def _seek_picks(
+    container: av.container.InputContainer,
+    stream: av.video.VideoStream,
+    index: PacketIndex,
+    selector: _Selector,
+    settings: DecodeSettings,
+    deadline: float,
+) -> tuple[list[_Picked], int] | None:
+    """The sequential pass's picks, planned on the packet index and fetched by seeking; None if the seek failed.
+
+    The plan replays `_run` on the packets' timestamps in presentation order (what the decoder would return),
+    with its limits, so the picks and the frame count are the sequential pass's.
+    """
+    start = stream.start_time or 0
+    base = float(stream.time_base) if stream.time_base else 0.0
+    rate = float(stream.average_rate or 0) or None
+    last: _Picked | None = None
+    decoded = 0
+    for rank in range(index.count):
+        t = _frame_time(index.pts_of_rank(rank), rank, start, base, rate)
+        if t > settings.max_duration_s:
+            raise _too_long(f"a frame at {t:.1f} s", settings)
+        last = _Picked(index=rank, time_s=max(0.0, t), frame=None)
+        selector.offer(last)
+        decoded = rank + 1
+        if decoded > settings.max_decoded_frames:
+            raise MediaError(ErrorCode.TOO_LONG, f"more than {settings.max_decoded_frames} frames")
+        if selector.done:
+            break
+    picks = selector.finish(last)
+    try:
+        frames = decode_ranks(container, stream, index, [p.index for p in picks], deadline, settings.timeout_s)
+    except SeekUnreliable as exc:
+        log.info("seeking sampler fell back to the sequential pass", extra={"reason": str(exc)})
+        return None
+    for pick, frame in zip(picks, frames, strict=True):
+        _check_pixels(frame.width, frame.height, settings)
+        pick.frame = frame
+    return picks, decoded
+
+
+def _rgb(frame: av.VideoFrame | None) -> RGBImage:
+    if frame is None:
+        raise ValueError("a planned frame was never decoded")
     return np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8)  # rgb24 is uint8: no copy
 
 

@@ -74,6 +74,9 @@ class DecodeSettings(BaseModel):
     max_duration_s: float = 3600.0
     max_decoded_frames: int = 200_000
     timeout_s: float = 60.0
+    #: Fetch the sampled frames by seeking to the keyframe before each (same frames as a full decode, cost
+    #: bounded by the samples, not the duration); False forces the single sequential pass (worker/decode.py).
+    seek: bool = True
     allowed_containers: list[str] = Field(
         default_factory=lambda: [
             "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi", "mpegts", "flv", "gif",
