@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from worker.contracts import ErrorInfo, Verdict, VerdictData
 from worker.errors import ErrorCode
 from worker.faces.extract import extract_faces
 from worker.faces.factory import create_detector as create_face_detector
+from worker.model_config import config_text, parse_config
 from worker.samples import corrupt, load_rgb, pan_zoom_video
 from worker.scan import ScanExit, UsageError, collect_paths, exit_code, table_header, table_row
 from worker.settings import FaceSettings
@@ -44,10 +44,10 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for name, threshold in (("all_fake", "0.0"), ("all_real", "1.0")):
         shutil.copytree(root / "t04", root / name)
         config = root / name / "deepfake_clip" / "config.pbtxt"
-        text, n = re.subn(r'(key: "threshold"\s*value: \{\s*string_value: ")[^"]*"', rf'\g<1>{threshold}"',
-                          config.read_text())
-        assert n == 1, "the exported config.pbtxt no longer carries the threshold this test rewrites"
-        config.write_text(text)
+        parsed = parse_config(config.read_text())  # Triton's own schema, as the exporter writes it
+        assert "threshold" in parsed.parameters, "the exported config no longer carries the threshold"
+        parsed.parameters["threshold"].string_value = threshold
+        config.write_text(config_text(parsed))
         dirs[name] = root / name / "deepfake_clip"
     return dirs
 

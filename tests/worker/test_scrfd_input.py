@@ -42,6 +42,7 @@ def square_letterbox(model_path: Path, rgb: RGBImage, settings: FaceSettings) ->
     return np.asarray(boxes, dtype=np.float32)
 
 
+@pytest.mark.needs_shared  # SCRFD weights: a user-supplied extra (non-commercial terms), never shipped
 @pytest.mark.parametrize("frame", ["astronaut", "16:9 two faces"])
 def test_same_boxes_as_the_square_letterbox(models_dir: Path, astronaut_rgb: RGBImage, frame: str) -> None:
     rgb = np.ascontiguousarray(astronaut_rgb) if frame == "astronaut" else wide_frame(np.asarray(astronaut_rgb))
