@@ -168,7 +168,8 @@ def test_a_slow_event_holds_the_commit_of_its_partition_only() -> None:
     loop, consumer, publisher, pipeline = make()
     pipeline.hold[uri(0, 1)] = gate = threading.Event()
     consumer.queue = [record(o) for o in range(4)] + [record(0, 1)]
-    turn_until(loop, lambda: len(publisher.verdicts) == 4)
+    # four answered AND acknowledged (a verdict is recorded just before its ack runs on the media thread)
+    turn_until(loop, lambda: len(publisher.verdicts) == 4 and loop.tracker.in_flight() == 1)
     loop.turn()
     assert consumer.committed(TP0) == 1, "offset 1 is still in flight: nothing past it is committed"
     assert consumer.committed(TP1) == 1
