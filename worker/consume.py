@@ -26,6 +26,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
+from kafka.errors import CorruptRecordError
 from kafka.structs import OffsetAndMetadata
 
 from worker import metrics
@@ -35,6 +36,19 @@ from worker.settings import KafkaSettings
 log = logging.getLogger(__name__)
 
 RebalanceKind = Literal["assigned", "revoked", "lost"]
+
+#: Header of the stand-in record `EventConsumer.poll` returns for one kafka-python could not decode (the reason).
+UNDECODABLE_HEADER = "dfmod-undecodable"
+
+
+def undecodable_reason(record: ConsumerRecord) -> str | None:
+    """The reason, when `record` stands in for one kafka-python could not decode (it carries no bytes)."""
+    if record.value is not None or record.key is not None:
+        return None
+    for key, value in record.headers or []:
+        if key == UNDECODABLE_HEADER:
+            return (value or b"").decode(errors="replace")
+    return None
 
 
 @dataclass(frozen=True)
@@ -98,8 +112,34 @@ class EventConsumer:
         """Records (none when `max_records <= 0`); always drives heartbeats and rebalances."""
         if max_records <= 0:
             self.set_paused(True, "nothing wanted")  # a poll that must return nothing: paused partitions fetch nothing
-        batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max(1, max_records))
+        try:
+            batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max(1, max_records))
+        except CorruptRecordError as exc:  # a record kafka-python itself cannot decode (e.g. a non-UTF-8 header key)
+            return [self._skip_undecodable(exc)]
         return [record for records in batches.values() for record in records]
+
+    def _skip_undecodable(self, exc: CorruptRecordError) -> ConsumerRecord:
+        """Step past the record kafka-python failed to decode and stand in for it, so it gets a DLQ record.
+
+        kafka-python raises from inside `poll()` and raises again on every later poll at that offset, which
+        would kill each worker that owns the partition in turn. The failing partition and offset are those of
+        the fetcher's in-line partition records (kafka-python 2.2-3.x: `_next_partition_records`, whose
+        `next_fetch_offset` is the first record not handed out). Where they cannot be found the error stands.
+        """
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        failing = getattr(fetcher, "_next_partition_records", None)
+        tp = getattr(failing, "topic_partition", None)
+        offset = getattr(failing, "next_fetch_offset", None)
+        if fetcher is None or failing is None or not isinstance(tp, TopicPartition) or not isinstance(offset, int):
+            raise exc
+        failing.drain()
+        fetcher._next_partition_records = None
+        self._consumer.seek(tp, offset + 1)
+        reason = f"kafka-python cannot decode the record: {exc}"[:1000]
+        log.error("undecodable record skipped, to the DLQ", extra={"topic": tp.topic, "partition": tp.partition,
+                                                                   "offset": offset, "reason": reason})
+        return ConsumerRecord(tp.topic, tp.partition, -1, offset, -1, -1, None, None,
+                              [(UNDECODABLE_HEADER, reason.encode())], None, -1, -1, -1)
 
     def rebalance_events(self) -> list[RebalanceEvent]:
         """What the rebalances inside the last `poll()` changed, in order (then forgotten)."""

@@ -28,7 +28,7 @@ from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
 from worker import metrics
-from worker.consume import EventConsumer, RebalanceEvent
+from worker.consume import EventConsumer, RebalanceEvent, undecodable_reason
 from worker.contracts import DeadLetter, MediaData, MediaEvent, Verdict, VerdictData
 from worker.engine import Engine
 from worker.envelope import dead_letter, parse_event, salvage_id
@@ -296,6 +296,11 @@ class ConsumeLoop:
                       extra={**ctx, "deliveries": deliveries})
             self._dead_letter_raw(record, f"crash-loop guard: delivered {deliveries} times, a worker died "
                                           "each time", acked)
+            return
+
+        undecodable = undecodable_reason(record)
+        if undecodable is not None:  # kafka-python could not decode it: nothing of it but its place is known
+            self._dead_letter_raw(record, undecodable, acked)
             return
 
         event_or_reason = parse_event(record.value, record.headers)

@@ -107,6 +107,30 @@ def test_poison_records_land_in_the_dlq_and_the_worker_answers_the_next_event(
     assert "Traceback" not in worker.log_path.read_text()
 
 
+class _NotUtf8(str):
+    """A header key that the producer writes as bytes that are not UTF-8 (other clients can send such keys)."""
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return b"\xff\xfe"
+
+
+def test_a_record_kafka_python_cannot_decode_is_dead_lettered_and_the_partition_moves_on(
+    bootstrap: str, topics: Topics, start_worker: WorkerFactory, astronaut_png_bytes: bytes
+) -> None:
+    """kafka-python raises inside poll() on a non-UTF-8 header key, on every poll at that offset."""
+    worker = start_worker(**NO_CACHE)
+    pid = worker.proc.pid if worker.proc else -1
+    good_id, _, good = media.event(astronaut_png_bytes)
+    key = b"one-partition"
+    send(bootstrap, topics.events, [(key, b'{"id": "x"}', [(_NotUtf8("k"), b"v")]), (key, good, [])])
+
+    assert verdict_of(bootstrap, topics, good_id)["status"] == "ok"
+    (doc, headers), = read(bootstrap, topics.dlq, 1, timeout_s=60)
+    assert doc["data"]["topic"] == topics.events and doc["data"]["reason"].startswith("kafka-python cannot decode")
+    assert STRUCTURED in headers
+    assert alive(worker) and worker.proc is not None and worker.proc.pid == pid, "the worker never restarted"
+
+
 def test_a_pixel_bomb_is_refused_as_too_large_without_the_memory(
     bootstrap: str, topics: Topics, start_worker: WorkerFactory, astronaut_png_bytes: bytes
 ) -> None:
