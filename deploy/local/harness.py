@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterable
@@ -145,6 +146,7 @@ class WorkerProcess:
 
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
+        why = "no answer"
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
@@ -152,10 +154,12 @@ class WorkerProcess:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/readyz", timeout=1) as r:
                     if r.status == 200:
                         return
+            except urllib.error.HTTPError as exc:  # 503: the body names the checks that fail
+                why = exc.read().decode(errors="replace")
             except OSError:
                 pass
             time.sleep(0.25)
-        raise TimeoutError(f"worker not ready after {timeout_s}s:\n{self.log_tail()}")
+        raise TimeoutError(f"worker not ready after {timeout_s}s (/readyz: {why}):\n{self.log_tail()}")
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=5) as r:
