@@ -11,51 +11,23 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
 
-from train import metrics
+from train import metrics, recipes_bench
 from train.checkpoint import load_checkpoint, read_checkpoint
 from train.data.dataset import CropDataset
-from train.data.manifest import CropRecord, write_manifest
 from train.evaluate import evaluate, score_dataset
 from train.factory import create_detector
 from train.fit import FitConfig, cosine_factor, epoch_batches, fit, param_groups
 
-ARTEFACT_AMPLITUDE = 20
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
-
-
-
 def build_task(root: Path, astronaut: Path, n_videos: int = 40, frames: int = 3, seed: int = 0) -> Path:
-    """Even videos real, odd fake; 60 % train, 20 % val, 20 % test by video id."""
-    rng = np.random.default_rng(seed)
-    bgr = cv2.imread(str(astronaut))
-    assert bgr is not None, astronaut
-    base = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    grid = (((np.indices((224, 224)).sum(0) // 2) % 2 * 2 - 1) * ARTEFACT_AMPLITUDE)[..., None]
-    records = []
-    for v in range(n_videos):
-        label = v % 2
-        split = "train" if v < 0.6 * n_videos else "val" if v < 0.8 * n_videos else "test"
-        x0, y0 = rng.integers(0, 512 - 224, 2)
-        for f in range(frames):
-            dx, dy = rng.integers(-8, 9, 2)
-            x, y = int(np.clip(x0 + dx, 0, 288)), int(np.clip(y0 + dy, 0, 288))
-            crop = base[y : y + 224, x : x + 224].astype(np.int16) + rng.integers(-20, 21, (224, 224, 3))
-            if label:
-                crop = crop + grid
-            rel = f"crops/v{v:03d}/{f}.png"
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(root / rel), cv2.cvtColor(np.clip(crop, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR))
-            records.append(CropRecord(rel, label, f"v{v:03d}", "synthetic", f, split))
-    return write_manifest(root, records)
+    """Even videos real, odd fake; 60 % train, 20 % val, 20 % test by video id (the recipe bench's task)."""
+    return recipes_bench.build_task(root, recipes_bench.base_image(astronaut), n_videos, frames, seed)
 
 
 @pytest.fixture(scope="module")
