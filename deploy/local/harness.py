@@ -196,13 +196,22 @@ class WorkerProcess:
             return ""
 
 
+#: Kafka record headers as kafka-python reads and writes them.
+Headers = list[tuple[str, bytes]]
+
+
 def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> None:
     """Send raw (key, value) pairs with acks=all: bad input goes over the wire for real."""
+    produce_with_headers(bootstrap, topic, ((k, v, []) for k, v in messages))
+
+
+def produce_with_headers(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes, Headers]]) -> None:
+    """Send raw (key, value, headers) records with acks=all, in order (one key: one partition)."""
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", max_request_size=16 * 1024 * 1024)
     try:
-        futures = [producer.send(topic, key=k, value=v) for k, v in messages]
+        futures = [producer.send(topic, key=k, value=v, headers=h or None) for k, v, h in records]
         for f in futures:
             f.get(timeout=30)
     finally:
@@ -213,10 +222,17 @@ def collect(
     bootstrap: str, topic: str, want: int | set[str], timeout_s: float, key: str = "id"
 ) -> list[dict[str, Any]]:
     """Read a topic from the beginning until `want` records (a count, or a set of ids all seen) or the timeout."""
+    return [doc for doc, _ in collect_with_headers(bootstrap, topic, want, timeout_s, key)]
+
+
+def collect_with_headers(
+    bootstrap: str, topic: str, want: int | set[str], timeout_s: float, key: str = "id"
+) -> list[tuple[dict[str, Any], Headers]]:
+    """`collect`, each JSON value with its record's headers."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), group_id=None, enable_auto_commit=False)
-    out: list[dict[str, Any]] = []
+    out: list[tuple[dict[str, Any], Headers]] = []
     try:
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         consumer.assign(tps)
@@ -224,10 +240,10 @@ def collect(
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for records in consumer.poll(timeout_ms=250).values():
-                out.extend(json.loads(r.value) for r in records)
+                out.extend((json.loads(r.value), list(r.headers or [])) for r in records)
             if isinstance(want, int) and len(out) >= want:
                 break
-            if isinstance(want, set) and want <= {o.get(key) for o in out}:
+            if isinstance(want, set) and want <= {doc.get(key) for doc, _ in out}:
                 break
     finally:
         consumer.close()

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.v1.event import CloudEvent
-from harness import Topics, WorkerProcess, produce
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from harness import Headers, Topics, WorkerProcess, collect_with_headers, produce, produce_with_headers
 
 from tests.worker.test_probe import png_bomb
 from worker.samples import encode_image, mosaic
@@ -22,46 +20,15 @@ from worker.types import RGBImage
 from . import media
 from .conftest import WorkerFactory
 
-Headers = list[tuple[str, bytes]]
 STRUCTURED = ("content-type", b"application/cloudevents+json")
 #: The session's Redis is shared: these tests send the plain portrait, whose verdict must not be cached for
 #: tests that expect to score it themselves (test_worker_e2e.py).
 NO_CACHE = {"DFMOD_CACHE__ENABLED": "false"}
 
 
-def send(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes, Headers]]) -> None:
-    """Raw (key, value, headers) records with acks=all, in order (one key: one partition)."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", max_request_size=16 * 1024 * 1024)
-    try:
-        for future in [producer.send(topic, key=k, value=v, headers=h) for k, v, h in records]:
-            future.get(timeout=30)
-    finally:
-        producer.close(timeout=10)
-
-
-def read(bootstrap: str, topic: str, want: int | set[str], timeout_s: float) -> list[tuple[dict[str, Any], Headers]]:
-    """(JSON value, headers) of a topic's records from the beginning until `want` (a count or a set of ids)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), group_id=None, enable_auto_commit=False)
-    out: list[tuple[dict[str, Any], Headers]] = []
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=250).values():
-                out.extend((json.loads(r.value), list(r.headers or [])) for r in records)
-            if isinstance(want, int) and len(out) >= want:
-                break
-            if isinstance(want, set) and want <= {doc.get("id") for doc, _ in out}:
-                break
-    finally:
-        consumer.close()
-    return out
-
-
 def verdict_of(bootstrap: str, topics: Topics, event_id: str, timeout_s: float = 90) -> dict[str, Any]:
-    found = [doc for doc, _ in read(bootstrap, topics.verdicts, {event_id}, timeout_s) if doc["id"] == event_id]
+    answers = collect_with_headers(bootstrap, topics.verdicts, {event_id}, timeout_s)
+    found = [doc for doc, _ in answers if doc["id"] == event_id]
     assert found, f"no verdict for {event_id}"
     return found[0]["data"]
 
@@ -92,17 +59,18 @@ def test_poison_records_land_in_the_dlq_and_the_worker_answers_the_next_event(
     good_id, _, good = media.event(astronaut_png_bytes)
     poison = [deep, surrogate, control, b'{"uri": "https://a/b.png"}']
     key = b"one-partition"  # the poison and the good event share a partition: it must not be stuck behind them
-    send(bootstrap, topics.events, [(key, deep, []), (key, surrogate, []), (key, control, []),
-                                    (key, poison[3], binary_bad_id), (key, good, [])])
+    produce_with_headers(bootstrap, topics.events, [(key, deep, []), (key, surrogate, []), (key, control, []),
+                                                    (key, poison[3], binary_bad_id), (key, good, [])])
 
     assert verdict_of(bootstrap, topics, good_id)["status"] == "ok"
-    dlq = read(bootstrap, topics.dlq, len(poison), timeout_s=60)
+    dlq = collect_with_headers(bootstrap, topics.dlq, len(poison), timeout_s=60)
     assert sorted(base64.b64decode(doc["data"]["value_b64"]) for doc, _ in dlq) == sorted(poison)
     for doc, headers in dlq:
         assert doc["type"] == "media.deadletter" and doc["data"]["reason"].isprintable()
         assert STRUCTURED in headers
     assert alive(worker) and worker.proc is not None and worker.proc.pid == pid, "the worker never restarted"
-    verdict_ids = {doc["id"] for doc, _ in read(bootstrap, topics.verdicts, 10**6, timeout_s=5)}  # all of them
+    every = collect_with_headers(bootstrap, topics.verdicts, 10**6, timeout_s=5)  # all of them
+    verdict_ids = {doc["id"] for doc, _ in every}
     assert verdict_ids == {good_id}, "no verdict for an id that is not printable text"
     assert "Traceback" not in worker.log_path.read_text()
 
@@ -122,10 +90,10 @@ def test_a_record_kafka_python_cannot_decode_is_dead_lettered_and_the_partition_
     pid = worker.proc.pid if worker.proc else -1
     good_id, _, good = media.event(astronaut_png_bytes)
     key = b"one-partition"
-    send(bootstrap, topics.events, [(key, b'{"id": "x"}', [(_NotUtf8("k"), b"v")]), (key, good, [])])
+    produce_with_headers(bootstrap, topics.events, [(key, b'{"id": "x"}', [(_NotUtf8("k"), b"v")]), (key, good, [])])
 
     assert verdict_of(bootstrap, topics, good_id)["status"] == "ok"
-    (doc, headers), = read(bootstrap, topics.dlq, 1, timeout_s=60)
+    (doc, headers), = collect_with_headers(bootstrap, topics.dlq, 1, timeout_s=60)
     assert doc["data"]["topic"] == topics.events and doc["data"]["reason"].startswith("kafka-python cannot decode")
     assert STRUCTURED in headers
     assert alive(worker) and worker.proc is not None and worker.proc.pid == pid, "the worker never restarted"
@@ -164,10 +132,12 @@ def test_a_binary_mode_cloudevent_gets_a_structured_verdict_with_its_content_typ
     inline = {"inline": base64.b64encode(astronaut_png_bytes).decode(), "content_type": "image/png"}
     data = ce_kafka.to_binary(CloudEvent({"id": json_id, "source": "tests", "type": "media.submitted",
                                           "datacontenttype": "application/json"}, inline), ce_kafka.JSONFormat())
-    send(bootstrap, topics.events, [(m.key if isinstance(m.key, bytes) else None, m.value, list(m.headers.items()))
-                                    for m in (raw, data)])
+    produce_with_headers(bootstrap, topics.events,
+                         [(m.key if isinstance(m.key, bytes) else None, m.value, list(m.headers.items()))
+                          for m in (raw, data)])
 
-    answers = {doc["id"]: (doc, headers) for doc, headers in read(bootstrap, topics.verdicts, {raw_id, json_id}, 90)}
+    got = collect_with_headers(bootstrap, topics.verdicts, {raw_id, json_id}, 90)
+    answers = {doc["id"]: (doc, headers) for doc, headers in got}
     assert set(answers) == {raw_id, json_id}
     for doc, headers in answers.values():
         assert doc["data"]["status"] == "ok" and doc["data"]["faces_count"] == 1, doc["data"]
