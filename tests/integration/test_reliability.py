@@ -17,6 +17,21 @@ from . import media
 from .conftest import WorkerFactory
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """A test origin's request handler that keeps its access log out of the test output."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+def serve_locally(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    """`handler` served on a free 127.0.0.1 port from a daemon thread (stop it with `.shutdown()`)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 class HeldOrigin:
     """An origin on 127.0.0.1 that answers /slow.png only once released (the event stays in flight)."""
 
@@ -25,7 +40,7 @@ class HeldOrigin:
         self.requests = 0
         origin = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 origin.requests += 1
                 if self.path.startswith("/slow"):
@@ -36,13 +51,8 @@ class HeldOrigin:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = serve_locally(Handler)
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
         self.release.set()
@@ -189,7 +199,7 @@ class FlakyOrigin:
         self.hits: dict[str, int] = {}
         origin = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 n = origin.hits[self.path] = origin.hits.get(self.path, 0) + 1
                 if self.path.startswith("/down") or (self.path.startswith("/flaky") and n <= 2):
@@ -202,13 +212,8 @@ class FlakyOrigin:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = serve_locally(Handler)
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 def test_an_origin_503_is_retried_through_the_retry_topic_then_answered(
