@@ -174,3 +174,34 @@ def test_unreadable_file_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked)
     with pytest.raises(UsageError, match=r"cannot read .*locked\.png"):
         collect_paths([tmp_path])
+
+
+def test_scan_keeps_several_files_in_flight_so_batches_hold_many_files(
+    tmp_path: Path, astronaut_rgb: np.ndarray, model_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cv2
+
+    from worker.infer.onnx_local import OnnxBackend
+    from worker.scan import scan
+    from worker.settings import WorkerSettings
+
+    sizes: list[int] = []
+    run = OnnxBackend._run
+
+    def recording(self: OnnxBackend, batch: np.ndarray) -> object:
+        sizes.append(int(batch.shape[0]))
+        return run(self, batch)
+
+    monkeypatch.setattr(OnnxBackend, "_run", recording)
+    paths = []
+    for i in range(12):  # one face each, different bytes
+        img = astronaut_rgb.copy()
+        img[0, 0] = (i, 0, 0)
+        paths.append(tmp_path / f"{i:02d}.png")
+        cv2.imwrite(str(paths[-1]), img[:, :, ::-1])
+    settings = WorkerSettings()
+    settings.batch.max_delay_ms = 200.0  # a slow machine still gathers several files per batch
+    verdicts = list(scan(paths, model_dirs["t04"], settings))
+    assert [v.id for v in verdicts] == [str(p.resolve()) for p in paths], "answers in the order given"
+    assert all(v.data.status == "ok" and v.data.faces_count == 1 for v in verdicts)
+    assert sum(sizes) == 12 and max(sizes) > 1, sizes

@@ -114,6 +114,11 @@ def parity(
     return worst_prob, worst_emb
 
 
+#: Batch sizes the exported model prefers (`dynamic_batching.preferred_batch_size`): GPU kernels (and
+#: TensorRT profiles) are most efficient at these; the worker sends them as soon as it has that many crops.
+PREFERRED_BATCH_SIZES = (8, 16, 32)
+
+
 def render_config(
     *,
     backend: str,
@@ -124,6 +129,7 @@ def render_config(
     instances: int = 1,
     tensorrt: bool = False,
     device: str = "auto",
+    preferred_batch_sizes: Sequence[int] = PREFERRED_BATCH_SIZES,
 ) -> str:
     """config.pbtxt text, built as Triton's `ModelConfig` message and printed by protobuf's text_format.
 
@@ -152,6 +158,8 @@ def render_config(
     prob.reshape.SetInParent()  # shape [ ]: one scalar per batch item
     config.output.add(name=OUTPUT_EMBEDDING, data_type=pb.TYPE_FP32, dims=[feature_dim])
     config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+    # Triton's batcher aims for these sizes, and the worker's micro-batcher sends them without waiting
+    config.dynamic_batching.preferred_batch_size.extend(sorted({b for b in preferred_batch_sizes if b <= max_batch}))
     config.instance_group.add(count=instances, kind=pb.ModelInstanceGroup.Kind.Value(DEVICES[device]))
     if tensorrt:
         accel = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")

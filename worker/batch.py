@@ -1,11 +1,11 @@
 """Micro-batching of face crops across media items, so the GPU sees full batches.
 
-Media threads `submit` the crops of one item and get a Future; one background thread packs crops from
-many callers into batches of at most `max_size`, sending a batch when it is full or when its oldest crop
-has waited `max_delay_ms`. Batches go out through `backend.infer_async`, so several are in flight at once;
-the backend bounds how many (its `infer_async` blocks when full, which is the backpressure: meanwhile the
-queue fills and the next batch leaves full). Results are scattered back by row, so every caller gets
-exactly its own rows, in order, even when its crops were split over several batches.
+The pipeline `submit`s the crops of one item and gets a Future; one background thread packs crops from
+many items into batches. A batch leaves only when the backend has a free request slot (its `max_in_flight`),
+so under load crops pile up while every slot is busy and the next batch leaves full; when a slot is free it
+leaves as soon as the queue reaches one of the model's preferred batch sizes (`dynamic_batching` in its
+`config.pbtxt`), or when its oldest crop has waited `max_delay_ms`. Results are scattered back by row, so
+every caller gets exactly its own rows, in order, even when its crops were split over several batches.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from worker.infer.base import CROP_SHAPE, InferenceBackend, InferenceError
+from worker.infer.base import CROP_SHAPE, BatchLimits, InferenceBackend, InferenceError
 from worker.settings import BatchSettings
 from worker.types import Scores
 
@@ -113,11 +113,20 @@ class MicroBatcher:
         settings: BatchSettings,
         on_batch: BatchHook | None = None,
         crop_shape: tuple[int, int, int] = CROP_SHAPE,
+        limits: BatchLimits | None = None,
     ) -> None:
+        """`limits`: what the served model and backend accept (`backend.batch_limits()`); None: only `settings`."""
         if settings.max_size < 1:
             raise ValueError("batch max_size must be >= 1")
+        limits = limits or BatchLimits()
         self.backend = backend
-        self.max_size = settings.max_size
+        served = limits.max_batch_size
+        self.max_size = min(settings.max_size, served) if served > 0 else settings.max_size
+        #: Sizes worth sending without waiting for `max_delay_ms` (the largest that fits is sent).
+        self.preferred = tuple(sorted({b for b in limits.preferred_batch_sizes if 0 < b < self.max_size}))
+        self.ready_size = self.preferred[0] if self.preferred else self.max_size
+        #: Batches in flight at once; 0: unbounded here (the backend's `infer_async` blocks instead).
+        self.concurrency = max(0, limits.max_in_flight)
         self.max_delay_s = max(0.0, settings.max_delay_ms / 1000.0)
         self.on_batch = on_batch
         self.crop_shape = tuple(crop_shape)
@@ -191,25 +200,34 @@ class MicroBatcher:
         while True:
             with self._cond:
                 while True:
-                    if self._queued >= self.max_size or (self._closing and self._queued):
-                        break
                     if not self._queued:
                         if self._closing:
                             return
                         self._cond.wait()
                         continue
+                    if self.concurrency and len(self._in_flight) >= self.concurrency:
+                        self._cond.wait()  # every slot busy: crops accumulate, the next batch leaves fuller
+                        continue
+                    if self._queued >= self.ready_size or self._closing:
+                        break
                     wait_s = self._queue[0].enqueued + self.max_delay_s - time.monotonic()
                     if wait_s <= 0:
                         break
                     self._cond.wait(wait_s)
-                parts = self._take()
+                parts = self._take(self._batch_size())
             if parts:
                 self._dispatch(parts)
 
-    def _take(self) -> list[_Chunk]:
-        """Up to `max_size` rows from the head of the queue; a chunk that does not fit is split."""
+    def _batch_size(self) -> int:
+        """How many rows to send now: a full batch, else the largest preferred size queued, else all."""
+        if self._queued >= self.max_size:
+            return self.max_size
+        fitting = [b for b in self.preferred if b <= self._queued]
+        return fitting[-1] if fitting else self._queued
+
+    def _take(self, room: int) -> list[_Chunk]:
+        """Up to `room` rows from the head of the queue; a chunk that does not fit is split."""
         parts: list[_Chunk] = []
-        room = self.max_size
         while room and self._queue:
             chunk = self._queue[0]
             n = chunk.crops.shape[0]

@@ -13,7 +13,7 @@ from types import TracebackType
 
 from worker import metrics
 from worker.batch import BatchHook, MicroBatcher
-from worker.budget import ByteBudget
+from worker.budget import Budget
 from worker.cache import VerdictCache
 from worker.contracts import ModelInfo
 from worker.infer.base import InferenceBackend
@@ -52,7 +52,7 @@ class Engine:
             self.model: ModelInfo = backend.model_info()
             check_preprocessing(self.model)  # a model trained on other crops would give meaningless scores
             self.breaker = Breaker("inference", on_change=_record_breaker)
-            self.batcher = MicroBatcher(backend, settings.batch, on_batch=on_batch)
+            self.batcher = MicroBatcher(backend, settings.batch, on_batch=on_batch, limits=backend.batch_limits())
         except BaseException:
             backend.close()
             raise
@@ -62,11 +62,13 @@ class Engine:
         )
         self.pipeline = MediaPipeline(
             settings, self.batcher, self.model, self.cache, detector_factory=detector_factory,
-            breaker=self.breaker, budget=ByteBudget(settings.max_in_flight_bytes),
+            breaker=self.breaker, budget=Budget(settings.max_in_flight_bytes, "bytes"),
+            face_budget=Budget(settings.max_faces_in_flight, "faces"),
         )
 
     def close(self) -> None:
-        """Stop waiting work, then close pipeline -> cache -> batcher -> backend (the reverse of building)."""
+        """Stop in-flight work (answered `Stopped`, never a verdict), then close pipeline -> cache -> batcher ->
+        backend (the reverse of building)."""
         self.pipeline.stop()
         if self.cache is not None:
             self.cache.close()

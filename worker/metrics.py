@@ -29,6 +29,9 @@ EVENT_SECONDS = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 IN_FLIGHT = Gauge("dfmod_in_flight", "Events taken from Kafka and not yet acknowledged")
+FACES_IN_FLIGHT = Gauge(
+    "dfmod_faces_in_flight", "Face crops handed to the micro-batcher and not yet scored (bound: max_faces_in_flight)"
+)
 PAUSED = Gauge("dfmod_paused", "1 while the consumer has paused its partitions for backpressure")
 CACHE = Counter("dfmod_cache_requests_total", "Verdict cache look-ups", ["result"])
 BATCH_SIZE = Histogram(

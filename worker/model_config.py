@@ -45,6 +45,17 @@ def parse_config(pbtxt_text: str) -> Any:
         raise ValueError(f"config.pbtxt: {e}") from None
 
 
+def config_from_json(config: Mapping[str, Any]) -> Any:
+    """Triton's `get_model_config(..., as_json=True)` answer (`config` wrapper optional) as a `ModelConfig`."""
+    from google.protobuf import json_format
+
+    body = config.get("config", config)
+    try:
+        return json_format.ParseDict(body, _pb().ModelConfig(), ignore_unknown_fields=True)
+    except json_format.ParseError as e:
+        raise ValueError(f"model config: {e}") from None
+
+
 def config_text(config: Any) -> str:
     """`ModelConfig` -> the text format Triton reads."""
     from google.protobuf import text_format

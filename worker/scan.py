@@ -6,11 +6,13 @@ Output for people (a one-line-per-file table) and scripts (`--json`, and the exi
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from enum import IntEnum
 from pathlib import Path
 
-from worker.contracts import MediaData, ModelInfo, Verdict
+from worker.contracts import MediaData, ModelInfo, Verdict, VerdictData
 from worker.engine import Engine
 from worker.infer.onnx_local import OnnxBackend
 from worker.settings import WorkerSettings
@@ -91,7 +93,7 @@ def table_header() -> str:
 
 
 def table_row(verdict: Verdict, shown_as: str, ms: float) -> str:
-    """One file: its name as given, status (with the error code), label, media score, faces, wall ms."""
+    """One file: its name as given, status (with the error code), label, media score, faces, ms in its stages."""
     data = verdict.data
     code = data.error.code.value if data.error else None
     return _row((
@@ -116,7 +118,23 @@ def scan(paths: list[Path], model_dir: Path, settings: WorkerSettings) -> Iterat
         update={"allow_schemes": ["file"], "file_roots": sorted({p.parent for p in resolved})}
     )
     settings = settings.model_copy(update={"fetch": fetch})
+    window = scan_window(settings)
     with Engine(settings, OnnxBackend(model_dir), use_cache=False, on_batch=None) as engine:
-        for path in resolved:
-            data = engine.pipeline.process(MediaData(uri=path.as_uri()))
+        ahead: deque[tuple[Path, Future[VerdictData]]] = deque()
+        queue = iter(resolved)
+        for path in queue:  # keep `window` files in the pipeline, so the batcher fills its batches
+            ahead.append((path, engine.pipeline.submit(MediaData(uri=path.as_uri()))))
+            if len(ahead) >= window:
+                break
+        while ahead:
+            path, future = ahead.popleft()
+            data = future.result()
+            nxt = next(queue, None)
+            if nxt is not None:
+                ahead.append((nxt, engine.pipeline.submit(MediaData(uri=nxt.as_uri()))))
             yield Verdict(id=str(path), source="dfmod-scan", subject=data.media_sha256, data=data)
+
+
+def scan_window(settings: WorkerSettings) -> int:
+    """Files in the pipeline at once: enough for every media thread and a full batch of one-face photos."""
+    return max(1, settings.media_threads + settings.batch.max_size)

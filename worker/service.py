@@ -1,8 +1,9 @@
-"""The streaming worker: consume -> pipeline (thread pool) -> publish -> commit, with backpressure.
+"""The streaming worker: consume -> pipeline (asynchronous) -> publish -> commit, with backpressure.
 
 Threads: the loop thread alone owns the Kafka consumer (poll, pause/resume, commit) and decides what is
-committed; `media_threads` workers run `MediaPipeline.process`; the batcher thread and Triton's callbacks
-do inference; the producer's I/O thread acknowledges sends. The `OffsetTracker` is where they meet: an
+committed; it hands each event to `MediaPipeline.submit` and goes on, and the verdict arrives through the
+Future's callback (the pipeline's `media_threads` run the CPU stages, the batcher thread and Triton's
+callbacks do inference); the producer's I/O thread acknowledges sends. The `OffsetTracker` is where they meet: an
 offset is committed only once it and every earlier offset of its partition have a verdict (or DLQ or
 retry-topic record) acknowledged by the broker.
 
@@ -19,7 +20,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future
 from http.server import ThreadingHTTPServer
 from types import FrameType
 from typing import Protocol
@@ -74,9 +75,9 @@ class Sender(Protocol):
 
 
 class Processor(Protocol):
-    """What the loop needs of the pipeline (`worker.pipeline.MediaPipeline`)."""
+    """What the loop needs of the pipeline (`worker.pipeline.MediaPipeline`): a Future per event, at once."""
 
-    def process(self, data: MediaData, final_attempt: bool = True) -> VerdictData: ...
+    def submit(self, data: MediaData, final_attempt: bool = True) -> Future[VerdictData]: ...
 
 
 def _header(record: ConsumerRecord, name: str, default: int) -> int:
@@ -117,7 +118,6 @@ class ConsumeLoop:
         self.probe = probe
         self.health = health or HealthState()
         self.tracker = OffsetTracker()
-        self.pool = ThreadPoolExecutor(settings.media_threads, thread_name_prefix="media")
         self.stop_requested = threading.Event()
         self.assigned = threading.Event()
         self._abandon = threading.Event()   # set once the loop lets go: late results are not published
@@ -141,8 +141,7 @@ class ConsumeLoop:
             self._abandon.set()
             for timer, _drop in list(self._timers.values()):
                 timer.cancel()
-            self.pool.shutdown(wait=False, cancel_futures=True)  # cancelled work is never answered
-            self.consumer.close()
+            self.consumer.close()  # work still in the pipeline is abandoned: never answered, never committed
 
     def turn(self) -> None:
         self.health.beat()
@@ -326,8 +325,8 @@ class ConsumeLoop:
                 dropped()
                 return
             try:
-                future = self.pool.submit(self.pipeline.process, event.data, final)
-            except RuntimeError:  # the pool shut down meanwhile
+                future = self.pipeline.submit(event.data, final)
+            except RuntimeError:  # the pipeline shut down meanwhile
                 dropped()
                 return
             future.add_done_callback(

@@ -186,12 +186,19 @@ class WorkerSettings(BaseSettings):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
 
-    #: Events being processed at once; above it the consumer pauses its partitions (backpressure).
-    max_in_flight: int = 16
-    #: Media bytes (fetched or inline) being decoded and scored at once; a media thread waits for room
-    #: (one item larger than this runs alone). Bounds memory by size, not only by count.
+    #: Events taken from Kafka and not yet answered; above it the consumer pauses its partitions
+    #: (backpressure). High enough that, with one face per photo, the micro-batcher can fill every
+    #: in-flight Triton request (triton.max_in_flight x batch.max_size = 128) while the CPU stages work on
+    #: the next events; memory is bounded by the two size budgets below, not by this count.
+    max_in_flight: int = 256
+    #: Media bytes (event records, and fetched media being decoded) at once; a media thread waits for room
+    #: before decoding (one item larger than this runs alone). Bounds memory by size, not only by count.
     max_in_flight_bytes: int = 256 * 1024 * 1024
-    #: Threads that fetch, decode and detect (CPU-bound work in C code that releases the GIL).
+    #: Face crops (150 KB each) handed to the micro-batcher and not yet scored; a media thread with crops
+    #: waits for room before it hands them over (one item with more faces runs alone).
+    max_faces_in_flight: int = 512
+    #: Threads that fetch, decode and detect (CPU-bound work in C code that releases the GIL). They never
+    #: wait for inference: an item's crops go to the batcher and the thread takes the next item.
     media_threads: int = 4
     #: Wall-time budget for one media item, fetch to verdict.
     media_timeout_s: float = 120.0

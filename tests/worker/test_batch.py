@@ -13,7 +13,7 @@ import pytest
 
 from worker.batch import MicroBatcher
 from worker.contracts import ModelInfo
-from worker.infer.base import InferenceError, ScoresCallback
+from worker.infer.base import BatchLimits, InferenceError, ScoresCallback
 from worker.settings import BatchSettings
 from worker.types import Scores
 
@@ -276,3 +276,65 @@ def test_submit_validates_crops(echo: EchoBackend) -> None:
     with pytest.raises(ValueError):
         batcher.submit(np.zeros((2, 112, 112, 3), np.uint8))
     batcher.close()
+
+
+class SlowBackend(EchoBackend):
+    """Takes `seconds` per batch, runs at most `workers` at once, and records the most ever running."""
+
+    def __init__(self, seconds: float, workers: int) -> None:
+        super().__init__(delay_s=(seconds, seconds), workers=workers)
+        self.running = 0
+        self.most_running = 0
+
+    def infer_async(self, faces: np.ndarray, callback: ScoresCallback) -> None:
+        with self.lock:
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+
+        def done(scores: Scores | None, error: BaseException | None) -> None:
+            with self.lock:
+                self.running -= 1
+            callback(scores, error)
+
+        super().infer_async(faces, done)
+
+
+def test_a_slow_backend_gets_full_batches_and_no_more_requests_than_its_slots() -> None:
+    backend = SlowBackend(seconds=0.05, workers=4)
+    batcher = MicroBatcher(backend, BatchSettings(max_size=16, max_delay_ms=1.0), limits=BatchLimits(max_in_flight=2))
+    try:
+        crops = [make_crops(i, 1) for i in range(160)]  # made first: submitting is then quicker than a batch
+        futures = [batcher.submit(c) for c in crops]
+        for i, future in enumerate(futures):
+            check_rows(future.result(timeout=30), i, 1)
+        sizes = [size for size, _failed, _callers in backend.batches]
+        assert sum(sizes) == 160 and backend.most_running <= 2
+        # the first two leave at once with what had arrived; while both slots are busy the queue fills
+        assert sorted(sizes[2:-1]) == [16] * (len(sizes) - 3), sizes
+    finally:
+        batcher.close()
+        backend.close()
+
+
+def test_preferred_batch_sizes_leave_without_waiting_and_the_model_caps_the_size(echo: EchoBackend) -> None:
+    limits = BatchLimits(max_batch_size=8, preferred_batch_sizes=(4, 6, 64), max_in_flight=4)
+    batcher = MicroBatcher(echo, BatchSettings(max_size=32, max_delay_ms=60_000), limits=limits)
+    try:
+        assert batcher.max_size == 8 and batcher.preferred == (4, 6)
+        five = batcher.submit(make_crops(1, 5))
+        deadline = time.monotonic() + 10
+        while not echo.batches and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        assert [size for size, _f, _c in echo.batches] == [4], "4 of 5 leave at once, one waits for more"
+        twenty = batcher.submit(make_crops(2, 20))
+        check_rows(five.result(timeout=10), 1, 5)
+        deadline = time.monotonic() + 10
+        while sum(size for size, _f, _c in echo.batches) < 24 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sizes = [size for size, _f, _c in echo.batches]
+        assert sizes[0] == 4 and all(s in (4, 6, 8) for s in sizes) and max(sizes) == 8, sizes
+        assert not twenty.done(), "the last row waits for company (or max_delay_ms)"
+    finally:
+        batcher.close()
+    check_rows(twenty.result(timeout=10), 2, 20)

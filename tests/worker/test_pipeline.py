@@ -160,3 +160,110 @@ def test_concurrent_identical_uploads_are_scored_once(
 def test_bad_media_become_error_verdicts(settings: WorkerSettings, blob: bytes, code: str) -> None:
     verdict = make(settings, FakeBackend()).process(inline(blob))
     assert verdict.status == "rejected" and verdict.error is not None and verdict.error.code == code
+
+
+class GatedBackend(FakeBackend):
+    """Takes every batch and answers none until `release()`; counts the faces it was handed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list[tuple[np.ndarray, Any]] = []
+        self.faces_seen = 0
+        self.lock = threading.Lock()
+
+    def infer_async(self, faces: np.ndarray, callback: Any) -> None:
+        with self.lock:
+            self.waiting.append((faces.copy(), callback))
+            self.faces_seen += len(faces)
+
+    def release(self) -> None:
+        with self.lock:
+            waiting, self.waiting = self.waiting, []
+        for faces, callback in waiting:
+            FakeBackend.infer_async(self, faces, callback)
+
+
+def distinct_stills(astronaut_rgb: np.ndarray, n: int) -> list[bytes]:
+    """`n` PNGs of the same portrait with different bytes (one pixel differs), so none is coalesced."""
+    import cv2
+
+    out = []
+    for i in range(n):
+        img = astronaut_rgb.copy()
+        img[0, 0] = (i % 256, i // 256, 7)
+        ok, png = cv2.imencode(".png", img[:, :, ::-1])
+        assert ok
+        out.append(png.tobytes())
+    return out
+
+
+def wait_for(condition: Any, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def test_a_media_thread_goes_on_with_the_next_item_while_crops_await_scores(
+    settings: WorkerSettings, astronaut_rgb: np.ndarray
+) -> None:
+    settings.media_threads = 1
+    backend = GatedBackend()
+    pipeline = make(settings, backend)
+    try:
+        futures = [pipeline.submit(inline(blob)) for blob in distinct_stills(astronaut_rgb, 6)]
+        # one thread, no answers yet: all six items' crops reach the backend only if it never waits for them
+        wait_for(lambda: backend.faces_seen == 6)
+        assert not any(f.done() for f in futures)
+        backend.release()
+        verdicts = [f.result(timeout=30) for f in futures]
+        assert [v.status for v in verdicts] == ["ok"] * 6 and all(v.faces_count == 1 for v in verdicts)
+    finally:
+        pipeline.stop()
+
+
+def test_faces_in_flight_never_exceed_the_limit(settings: WorkerSettings, astronaut_rgb: np.ndarray) -> None:
+    settings.max_faces_in_flight = 3
+    settings.media_threads = 4
+    backend = GatedBackend()
+    pipeline = make(settings, backend)
+    try:
+        futures = [pipeline.submit(inline(blob)) for blob in distinct_stills(astronaut_rgb, 10)]
+        wait_for(lambda: backend.faces_seen == 3)
+        time.sleep(0.3)  # the other media threads have their crops by now and must be waiting for room
+        assert backend.faces_seen == 3 and pipeline.face_budget.used == 3
+        while not all(f.done() for f in futures):
+            backend.release()
+            time.sleep(0.01)
+        assert [f.result().status for f in futures] == ["ok"] * 10
+        assert pipeline.face_budget.peak == 3 and pipeline.face_budget.used == 0
+    finally:
+        pipeline.stop()
+
+
+def test_stopping_answers_items_in_flight_with_stopped_never_a_verdict(
+    settings: WorkerSettings, astronaut_rgb: np.ndarray
+) -> None:
+    backend = GatedBackend()
+    pipeline = make(settings, backend)
+    futures = [pipeline.submit(inline(blob)) for blob in distinct_stills(astronaut_rgb, 3)]
+    wait_for(lambda: backend.faces_seen == 3)
+    pipeline.stop()
+    backend.release()  # answers arriving after the stop change nothing
+    for future in futures:
+        with pytest.raises(Stopped):
+            future.result(timeout=10)
+    with pytest.raises(Stopped):
+        pipeline.process(inline(b"late"))
+
+
+def test_an_inference_that_never_answers_ends_in_timeout(settings: WorkerSettings, astronaut_png_bytes: bytes) -> None:
+    settings.media_timeout_s = 0.5
+    backend = GatedBackend()  # never released
+    pipeline = make(settings, backend)
+    try:
+        verdict = pipeline.submit(inline(astronaut_png_bytes)).result(timeout=30)
+        assert verdict.status == "error" and verdict.error is not None and verdict.error.code == "timeout"
+        assert pipeline.face_budget.used == 0, "a timed-out item gives its faces back"
+    finally:
+        pipeline.stop()

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from worker.budget import ByteBudget
+from worker.budget import Budget
 from worker.retry import Backoff, GaveUp, retry_call
 
 
@@ -70,7 +70,7 @@ def test_retry_call_does_not_retry_what_retry_on_refuses() -> None:
 
 
 def test_byte_budget_bounds_what_is_held_and_lets_a_big_item_run_alone() -> None:
-    budget, seen, lock = ByteBudget(100), [], threading.Lock()
+    budget, seen, lock = Budget(100), [], threading.Lock()
 
     def work(size: int) -> None:
         with budget.hold(size):

@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from kafka import TopicPartition
@@ -117,10 +118,14 @@ def ok() -> VerdictData:
 class ScriptedPipeline:
     """Answers `ok` at once, except for URIs that `hold` names (released later) or `script` maps."""
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int = 2) -> None:
         self.hold: dict[str, threading.Event] = {}
         self.script: dict[str, Callable[[bool], VerdictData]] = {}
         self.calls: list[tuple[str, bool]] = []
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="scripted")
+
+    def submit(self, data: MediaData, final_attempt: bool = True) -> Future[VerdictData]:
+        return self.pool.submit(self.process, data, final_attempt)
 
     def process(self, data: MediaData, final_attempt: bool = True) -> VerdictData:
         uri = str(data.uri)
@@ -143,9 +148,15 @@ def make(**overrides: Any) -> tuple[ConsumeLoop, FakeConsumer, FakePublisher, Sc
     settings.kafka.revoke_wait_s = 2.0
     for key, value in overrides.items():
         setattr(settings, key, value)
-    consumer, publisher, pipeline = FakeConsumer(), FakePublisher(), ScriptedPipeline()
+    consumer, publisher, pipeline = FakeConsumer(), FakePublisher(), ScriptedPipeline(settings.media_threads)
     loop = ConsumeLoop(settings, consumer, publisher, pipeline, None)
     return loop, consumer, publisher, pipeline
+
+
+def shutdown(loop: ConsumeLoop) -> None:
+    pipeline = loop.pipeline
+    assert isinstance(pipeline, ScriptedPipeline)
+    pipeline.pool.shutdown()
 
 
 def turn_until(loop: ConsumeLoop, done: Callable[[], bool], timeout_s: float = 10.0) -> None:
@@ -161,7 +172,7 @@ def test_every_record_answered_and_committed_contiguously() -> None:
     turn_until(loop, lambda: len(publisher.verdicts) == 8 and loop.tracker.in_flight() == 0)
     loop.turn()
     assert consumer.committed(TP0) == 5 and consumer.committed(TP1) == 3
-    loop.pool.shutdown()
+    shutdown(loop)
 
 
 def test_a_slow_event_holds_the_commit_of_its_partition_only() -> None:
@@ -175,7 +186,7 @@ def test_a_slow_event_holds_the_commit_of_its_partition_only() -> None:
     assert consumer.committed(TP1) == 1
     gate.set()
     turn_until(loop, lambda: consumer.committed(TP0) == 4)
-    loop.pool.shutdown()
+    shutdown(loop)
 
 
 def test_revocation_waits_for_in_flight_work_then_commits_before_letting_go() -> None:
@@ -191,7 +202,7 @@ def test_revocation_waits_for_in_flight_work_then_commits_before_letting_go() ->
     # The retained partition keeps its state: new records continue from where it was.
     consumer.queue = [record(2, 1)]
     turn_until(loop, lambda: consumer.committed(TP1) == 3)
-    loop.pool.shutdown()
+    shutdown(loop)
 
 
 def test_work_of_a_revoked_partition_that_outlives_the_wait_is_never_committed_nor_answered() -> None:
@@ -212,7 +223,7 @@ def test_work_of_a_revoked_partition_that_outlives_the_wait_is_never_committed_n
     consumer.queue = [record(o) for o in range(5, 10)]
     turn_until(loop, lambda: consumer.committed(TP0) == 10)
     assert publisher.ids().count("e0-5") == 1
-    loop.pool.shutdown()
+    shutdown(loop)
 
 
 def test_lost_partitions_commit_nothing() -> None:
@@ -224,7 +235,7 @@ def test_lost_partitions_commit_nothing() -> None:
     loop.turn()
     assert consumer.commits == [] and loop.tracker.in_flight() == 0
     pipeline.hold[uri(0, 0)].set()
-    loop.pool.shutdown()
+    shutdown(loop)
 
 
 def test_an_open_breaker_pauses_consumption_until_the_probe_says_the_backend_is_back() -> None:
@@ -240,7 +251,7 @@ def test_an_open_breaker_pauses_consumption_until_the_probe_says_the_backend_is_
     loop._last_probe = 0.0
     turn_until(loop, lambda: publisher.ids() == ["e0-0"])
     assert not loop.breaker.is_open and not consumer.paused
-    loop.pool.shutdown()
+    shutdown(loop)
 
 
 def test_backpressure_by_bytes() -> None:
@@ -256,7 +267,7 @@ def test_backpressure_by_bytes() -> None:
     assert consumer.reasons[-1] == "backpressure"
     gate.set()
     turn_until(loop, lambda: len(publisher.verdicts) == 2)
-    loop.pool.shutdown()
+    shutdown(loop)
 
 
 def test_a_transient_failure_goes_to_the_retry_topic_then_ends_in_an_error_and_a_dlq_record() -> None:
@@ -286,7 +297,7 @@ def test_a_transient_failure_goes_to_the_retry_topic_then_ends_in_an_error_and_a
     assert pipeline.calls == [(uri(0, 0), False), (uri(0, 0), True)]
     assert publisher.verdicts[0].data.error is not None and publisher.verdicts[0].data.status == "error"
     turn_until(loop, lambda: consumer.committed(retry_tp) == 1)
-    loop.pool.shutdown()
+    shutdown(loop)
 
 
 def test_sigterm_drains_in_flight_work_and_answers_nothing_unfinished() -> None:
@@ -362,7 +373,7 @@ def test_crash_loop_guard_dead_letters_a_record_that_was_in_flight_at_each_death
     assert [c[0] for c in pipeline.calls] == [uri(0, 1)], "the poison record is not processed again"
     turn_until(loop, lambda: consumer.committed(TP0) == 2)
     assert redis.store == {}, "answered records are forgotten"
-    loop.pool.shutdown()
+    shutdown(loop)
 
 
 def test_crash_loop_guard_fails_open_without_redis() -> None:
@@ -374,7 +385,7 @@ def test_crash_loop_guard_fails_open_without_redis() -> None:
     loop.guard = DeliveryGuard(CacheSettings(), "g", max_deliveries=1, client=Down())
     consumer.queue = [record(0)]
     turn_until(loop, lambda: publisher.ids() == ["e0-0"])
-    loop.pool.shutdown()
+    shutdown(loop)
 
 
 def test_a_record_that_breaks_taking_still_gets_a_dlq_record() -> None:
@@ -382,7 +393,7 @@ def test_a_record_that_breaks_taking_still_gets_a_dlq_record() -> None:
     consumer.queue = [record(0, value=b"\x00not json"), record(1)]
     turn_until(loop, lambda: len(publisher.dead) == 1 and len(publisher.verdicts) == 1)
     turn_until(loop, lambda: consumer.committed(TP0) == 2)
-    loop.pool.shutdown()
+    shutdown(loop)
 
 
 def test_breaker_opens_once_and_closes_once() -> None:
@@ -425,4 +436,4 @@ def test_without_a_retry_topic_a_transient_failure_is_answered_at_once() -> None
     (verdict,) = publisher.verdicts
     assert verdict.data.status == "error" and verdict.data.error is not None
     assert verdict.data.error.code == "fetch_failed"
-    loop.pool.shutdown()
+    shutdown(loop)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -36,6 +37,29 @@ class InferenceError(Exception):
         self.retriable = retriable
 
 
+@dataclass(frozen=True)
+class BatchLimits:
+    """What the micro-batcher may send: from the served model's config and the backend's request bound.
+
+    `max_batch_size` 0 means unknown (the worker's `batch.max_size` alone decides); `preferred_batch_sizes`
+    are the model config's `dynamic_batching.preferred_batch_size` (sizes worth sending without waiting);
+    `max_in_flight` is how many requests the backend runs at once (0: it does not say).
+    """
+
+    max_batch_size: int = 0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_in_flight: int = 0
+
+
+def limits_from_config(config: Any, max_in_flight: int) -> BatchLimits:
+    """`BatchLimits` of a Triton `ModelConfig` message (see `worker.model_config.parse_config`)."""
+    return BatchLimits(
+        max_batch_size=int(config.max_batch_size),
+        preferred_batch_sizes=tuple(int(b) for b in config.dynamic_batching.preferred_batch_size),
+        max_in_flight=max_in_flight,
+    )
+
+
 @runtime_checkable
 class InferenceBackend(Protocol):
     def model_info(self) -> ModelInfo:
@@ -44,6 +68,10 @@ class InferenceBackend(Protocol):
 
     def is_ready(self) -> bool:
         """Whether the backend can answer now (for /readyz and for probing during an outage). Never raises."""
+        ...
+
+    def batch_limits(self) -> BatchLimits:
+        """Batch sizes the served model takes and how many requests the backend runs at once."""
         ...
 
     def infer_async(self, faces: np.ndarray, callback: ScoresCallback) -> None:

@@ -13,7 +13,14 @@ from collections.abc import Callable
 import numpy as np
 
 from worker.contracts import ModelInfo
-from worker.infer.base import InferenceError, ScoresCallback, check_faces, deliver, scores_from_outputs
+from worker.infer.base import (
+    BatchLimits,
+    InferenceError,
+    ScoresCallback,
+    check_faces,
+    deliver,
+    scores_from_outputs,
+)
 from worker.types import Scores
 
 #: Maps a checked uint8 (N, 224, 224, 3) batch to (fake_prob [N], embedding [N, D]).
@@ -32,9 +39,11 @@ def mean_pixel(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class FakeBackend:
     """Answers synchronously from `handler`; `down = True` makes every request fail as an unreachable server."""
 
-    def __init__(self, handler: Handler = mean_pixel, model: ModelInfo = FAKE_MODEL) -> None:
+    def __init__(self, handler: Handler = mean_pixel, model: ModelInfo = FAKE_MODEL,
+                 limits: BatchLimits | None = None) -> None:
         self.handler = handler
         self.model = model
+        self.limits = limits or BatchLimits()
         self.down = False
         self.batch_sizes: list[int] = []
         self.failures = 0
@@ -45,6 +54,9 @@ class FakeBackend:
 
     def is_ready(self) -> bool:
         return not self.down
+
+    def batch_limits(self) -> BatchLimits:
+        return self.limits
 
     def infer_async(self, faces: np.ndarray, callback: ScoresCallback) -> None:
         try:

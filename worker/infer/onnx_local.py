@@ -18,15 +18,17 @@ from worker.infer.base import (
     INPUT_NAME,
     OUTPUT_EMBEDDING,
     OUTPUT_FAKE_PROB,
+    BatchLimits,
     InferenceError,
     ScoresCallback,
     check_faces,
     deliver,
     deliver_computed,
     empty_scores,
+    limits_from_config,
     scores_from_outputs,
 )
-from worker.model_config import model_info_from_parameters, parse_model_name, parse_parameters
+from worker.model_config import model_info_from_parameters, parse_config, parse_model_name, parse_parameters
 from worker.types import Scores
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class OnnxBackend:
         if not text:
             log.warning("no config.pbtxt beside %s: default threshold 0.5, weights unknown", path)
         name = parse_model_name(text) or self.model_dir.name
+        self._limits = limits_from_config(parse_config(text), max(1, workers))
         self._info = model_info_from_parameters(name, self.version, parse_parameters(text))
 
         options = ort.SessionOptions()
@@ -84,6 +87,9 @@ class OnnxBackend:
 
     def model_info(self) -> ModelInfo:
         return self._info
+
+    def batch_limits(self) -> BatchLimits:
+        return self._limits
 
     def is_ready(self) -> bool:
         return not self._closed

@@ -20,14 +20,16 @@ from worker.infer.base import (
     INPUT_NAME,
     OUTPUT_EMBEDDING,
     OUTPUT_FAKE_PROB,
+    BatchLimits,
     InferenceError,
     ScoresCallback,
     check_faces,
     deliver,
     deliver_computed,
+    limits_from_config,
     scores_from_outputs,
 )
-from worker.model_config import model_info_from_parameters, parameters_from_config_json
+from worker.model_config import config_from_json, model_info_from_parameters, parameters_from_config_json
 from worker.retry import Backoff, GaveUp, retry_call
 from worker.settings import TritonSettings
 
@@ -84,6 +86,7 @@ class TritonBackend:
         self._slots = threading.BoundedSemaphore(max(1, settings.max_in_flight))
         self._version: str | None = settings.model_version or None
         self._info: ModelInfo | None = None
+        self._limits = BatchLimits(max_in_flight=max(1, settings.max_in_flight))
         self._lock = threading.Lock()
         self._closed = False
 
@@ -153,7 +156,13 @@ class TritonBackend:
                 self._info = model_info_from_parameters(
                     self.settings.model_name, version, parameters_from_config_json(config or {})
                 )
+                self._limits = limits_from_config(config_from_json(config or {}), self.settings.max_in_flight)
             return self._info
+
+    def batch_limits(self) -> BatchLimits:
+        """The served config's max and preferred batch sizes (read with `model_info`) and `max_in_flight`."""
+        self.model_info()
+        return self._limits
 
     def is_ready(self) -> bool:
         """For /readyz: server live and the model version we serve ready. Never raises."""
