@@ -349,7 +349,7 @@ def test_production_env_parses_into_worker_settings(production: list[Manifest],
     assert settings.kafka.sasl_password is not None
     assert settings.fetch.allow_schemes == ["https", "s3"]
     assert settings.fetch.allow_hosts == ["minio.storage.svc.cluster.local"]
-    assert settings.drain_timeout_s == 45 and settings.max_in_flight == 32
+    assert settings.drain_timeout_s == 45 and settings.max_in_flight == 256 and settings.max_faces_in_flight == 512
     assert settings.batch.max_delay_ms == 10.0
 
 
