@@ -173,7 +173,12 @@ def _decode(
             index = scan_packets(container, stream, deadline, settings.timeout_s)
             container = opened.enter_context(contextlib.closing(reopen()))  # the demux pass consumed it
             stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        if index is None:
+            stream.thread_type = "AUTO"
+        else:
+            # The seeking path decodes short runs between seeks; frame threads pay a pipeline fill and flush per
+            # seek, so one thread costs ~25-35 % fewer CPU s (720p 300 s: 0.54-0.60 vs 0.76-0.82) for the same pixels.
+            stream.codec_context.thread_count = 1
         selector = _plan(settings.frames, count, duration, rate)
         seeked = None if index is None else _seek_picks(container, stream, index, selector, settings, deadline)
         if seeked is not None:
