@@ -273,7 +273,7 @@ def values_schema() -> Schema:
                     "stageP95Seconds": {"type": "number", "exclusiveMinimum": 0},
                     "saturation": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
                     "lagRecords": integer(1),
-                    "runbookBaseUrl": {"type": "string", "pattern": "^https?://"},
+                    "runbookBaseUrl": {"type": "string", "pattern": "^(https?://[^#]+)?$"},
                     "workerSelector": STRING,
                     "tritonSelector": STRING,
                 }),

@@ -151,6 +151,7 @@ def test_values_schema_is_generated_from_current_settings() -> None:
     "kafka.securityProtocol=SSL_SASL",           # not an enum value
     "worker.autoscaling.type=both",              # HPA and KEDA exclude each other by construction
     "triton.gpus=-1",
+    "metrics.prometheusRule.runbookBaseUrl=docs/deploy.md",  # alert links must be absolute (Alertmanager, Grafana)
 ])
 def test_values_schema_rejects(tools: Tools, bad: str) -> None:
     stderr = template_fails(tools, bad)
