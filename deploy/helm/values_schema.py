@@ -29,13 +29,17 @@ SCHEMA_PATH = Path(__file__).resolve().parent / "dfmod" / "values.schema.json"
 #: Settings set by the chart from other values (dotted field paths of WorkerSettings).
 CHART_OWNED: frozenset[str] = frozenset({
     "kafka.bootstrap_servers", "kafka.events_topic", "kafka.verdicts_topic", "kafka.dlq_topic",
-    "kafka.group_id", "kafka.security_protocol", "kafka.sasl_mechanism", "kafka.sasl_username",
+    "kafka.retry_topic", "kafka.group_id", "kafka.group_instance_id", "kafka.security_protocol",
+    "kafka.sasl_mechanism", "kafka.sasl_username",
     "kafka.ssl_cafile", "kafka.ssl_certfile", "kafka.ssl_keyfile",
     "cache.enabled", "cache.url",
     "triton.url",
     "faces.weights_dir",
     "http_host", "http_port",
 })
+
+#: Keys of `kafka.topics`, each rendered to DFMOD_KAFKA__<KEY>_TOPIC.
+TOPICS: tuple[str, ...] = ("events", "verdicts", "dlq", "retry")
 
 Schema = dict[str, Any]
 
@@ -231,9 +235,10 @@ def values_schema() -> Schema:
             "kafka": obj({
                 "bootstrapServers": {"type": "string", "minLength": 1},
                 "topics": obj({t: {"type": "string", "pattern": "^[a-zA-Z0-9._-]+$"}
-                               for t in ("events", "verdicts", "dlq")}, ("events", "verdicts", "dlq")),
+                               for t in TOPICS}, TOPICS),
                 "eventsPartitions": integer(0),
                 "consumerGroup": {"type": "string", "minLength": 1},
+                "staticMembership": BOOL,
                 "securityProtocol": enum("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
                 "sasl": obj({
                     "mechanism": enum("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
@@ -268,7 +273,7 @@ def values_schema() -> Schema:
                     "stageP95Seconds": {"type": "number", "exclusiveMinimum": 0},
                     "saturation": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
                     "lagRecords": integer(1),
-                    "runbookBaseUrl": {"type": "string", "pattern": "^https?://"},
+                    "runbookBaseUrl": {"type": "string", "pattern": "^(https?://[^#]+)?$"},
                     "workerSelector": STRING,
                     "tritonSelector": STRING,
                 }),

@@ -147,9 +147,11 @@ def test_values_schema_is_generated_from_current_settings() -> None:
     "worker.settings.decode.frame=16",           # typo inside the settings mirror
     "worker.settings.kafka.sasl_password=hunter2",  # secrets are never inline values
     "worker.settings.kafka.bootstrap_servers=x:1",  # chart-owned: set kafka.bootstrapServers instead
+    "worker.settings.kafka.group_instance_id=pod-0",  # chart-owned: one fixed id would fence all replicas but one
     "kafka.securityProtocol=SSL_SASL",           # not an enum value
     "worker.autoscaling.type=both",              # HPA and KEDA exclude each other by construction
     "triton.gpus=-1",
+    "metrics.prometheusRule.runbookBaseUrl=docs/deploy.md",  # alert links must be absolute (Alertmanager, Grafana)
 ])
 def test_values_schema_rejects(tools: Tools, bad: str) -> None:
     stderr = template_fails(tools, bad)
@@ -336,6 +338,8 @@ def test_default_env_parses_into_worker_settings(default: list[Manifest], monkey
     assert settings.kafka.bootstrap_servers == "kafka:9092"
     assert settings.kafka.events_topic == "media.events"
     assert settings.kafka.group_id == "dfmod-worker"
+    assert settings.kafka.retry_topic == "media.events.retry"
+    assert settings.kafka.group_instance_id is None, "static membership is opt-in"
     assert settings.triton.url == f"{TRITON}:8001"
     assert settings.cache.url == "redis://redis:6379/0" and settings.cache.password is None
     assert settings.http_port == 9100
@@ -351,6 +355,17 @@ def test_production_env_parses_into_worker_settings(production: list[Manifest],
     assert settings.fetch.allow_hosts == ["minio.storage.svc.cluster.local"]
     assert settings.drain_timeout_s == 45 and settings.max_in_flight == 256 and settings.max_faces_in_flight == 512
     assert settings.batch.max_delay_ms == 10.0
+
+
+def test_topics_and_static_membership_from_kafka_values(tools: Tools, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The retry topic follows kafka.topics.retry; static membership names each member after its pod."""
+    rendered = parse(template(tools, False, "kafka.topics.retry=events.retry", "kafka.staticMembership=true"))
+    env = _env(one(rendered, "Deployment", WORKER), "worker")
+    assert env["DFMOD_KAFKA__GROUP_INSTANCE_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    settings = _settings_from(env, monkeypatch)
+    assert settings.kafka.retry_topic == "events.retry"
+    assert settings.kafka.group_instance_id is not None
+    assert kubeconform(tools, yaml.safe_dump_all(rendered))["summary"]["invalid"] == 0
 
 
 def test_string_settings_stay_strings_and_weights_volume_sets_the_path(tools: Tools,

@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY
 import worker.metrics  # noqa: F401  (registers the worker's metrics)
 
 from .conftest import Tools
-from .test_chart import CHART, NAMESPACE, RELEASE, REPO, Manifest, one, parse, run, template
+from .test_chart import CHART, NAMESPACE, PRODUCTION, RELEASE, REPO, Manifest, one, parse, run, template
 
 #: Labels a series has of its own (not from the target): the worker registry's, Triton's and PromQL's `le`.
 OWN_LABELS = {label for m in REGISTRY.collect() for s in m.samples for label in s.labels} | {
@@ -194,14 +194,24 @@ def github_anchor(heading: str) -> str:
 
 
 def test_every_alert_has_a_runbook_section(operator_mode: list[Manifest]) -> None:
+    """With runbookBaseUrl set (production values), each alert links to its own section of docs/deploy.md."""
     docs = (REPO / "docs" / "deploy.md").read_text()
     anchors = {github_anchor(h) for h in re.findall(r"^#+ (.+)$", docs, re.M)}
-    values = yaml.safe_load((CHART / "values.yaml").read_text())["metrics"]["prometheusRule"]
+    values = yaml.safe_load(PRODUCTION.read_text())["metrics"]["prometheusRule"]
+    assert rules(operator_mode)
     for rule in rules(operator_mode):
         url = rule["annotations"]["runbook_url"]
         base, _, anchor = url.partition("#")
         assert base == values["runbookBaseUrl"] and base.endswith("docs/deploy.md"), url
         assert anchor == f"runbook-{rule['alert'].lower()}" and anchor in anchors, f"{rule['alert']}: {url}"
+
+
+def test_no_runbook_link_without_a_runbook_base_url(annotation_mode: list[Manifest]) -> None:
+    """The chart does not invent where the runbooks live: unset, the alerts carry no runbook_url."""
+    assert yaml.safe_load((CHART / "values.yaml").read_text())["metrics"]["prometheusRule"]["runbookBaseUrl"] == ""
+    assert rules(annotation_mode)
+    assert all("runbook_url" not in rule["annotations"] and rule["annotations"]["summary"]
+               for rule in rules(annotation_mode))
 
 
 def test_saturation_and_lag_alerts_are_shipped(operator_mode: list[Manifest]) -> None:
