@@ -298,11 +298,34 @@ def _batch_mean(metrics: str) -> float:
     return total / count if count else float("nan")
 
 
+def _triton_counters(conn: dict[str, str]) -> dict[str, float]:
+    """Triton's own cumulative counters for the model (Prometheus text on its metrics port); {} if unreadable."""
+    import urllib.request
+
+    port = conn.get("TRITON_METRICS_PORT")
+    if not port:
+        return {}
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition("{")
+        if name in ("nv_inference_count", "nv_inference_exec_count", "nv_inference_compute_infer_duration_us") \
+                and 'model="deepfake_clip"' in rest:
+            out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
 @dataclass
 class WorkerFigures:
     faces_per_s: float = 0.0
     faces: int = 0
     mean_batch: float = 0.0
+    triton_batch: float = float("nan")   # faces per model execution, after Triton's own dynamic batching
+    model_busy: float = float("nan")     # share of the stills phase the model spent computing
     cpu_per_still: float = 0.0
     cpu_per_video: float = 0.0
     cached_ms: list[float] = field(default_factory=list)
@@ -329,6 +352,7 @@ def worker_run(conn: dict[str, str], plan: Plan, stills: list[bytes], media_dir:
         proc = ProcStat(worker.proc.pid)
         fig.rss_mb["ready"] = proc.rss_mb()
         cpu0 = proc.cpu_s()
+        triton0 = _triton_counters(conn)
         # the worker is ready and idle: from the first event record to the last verdict record is its work
         produce(bootstrap, topics.events, _events(stills))
         sent = _records(bootstrap, topics.events, len(stills))
@@ -338,6 +362,11 @@ def worker_run(conn: dict[str, str], plan: Plan, stills: list[bytes], media_dir:
         fig.faces_per_s = fig.faces / max(1e-9, busy)
         fig.cpu_per_still = (proc.cpu_s() - cpu0) / len(stills)
         fig.mean_batch = _batch_mean(worker.metrics())
+        triton1 = _triton_counters(conn)
+        if triton0 and triton1:
+            delta = {k: triton1[k] - triton0.get(k, 0.0) for k in triton1}
+            fig.triton_batch = delta["nv_inference_count"] / max(1.0, delta["nv_inference_exec_count"])
+            fig.model_busy = delta["nv_inference_compute_infer_duration_us"] / 1e6 / max(1e-9, busy)
         fig.rss_mb["after stills"] = proc.rss_mb()
         log(f"  worker: {fig.faces} faces in {busy:.1f} s")
 
@@ -408,7 +437,8 @@ def report(args: argparse.Namespace, rows: list[StageRow], bare: dict[int, float
         f"  dfmod worker, {fig.faces} stills (1 face)  : {fig.faces_per_s:8.1f} faces/s",
         f"  worker / bare model                : {fig.faces_per_s / bare[best]:8.2f}",
         f"  worker / naive loop                : {fig.faces_per_s / max(1e-9, naive):8.2f}",
-        f"  mean Triton batch from the worker  : {fig.mean_batch:8.2f}",
+        f"  mean Triton batch from the worker  : {fig.mean_batch:8.2f} (executed by Triton: {fig.triton_batch:.2f})",
+        f"  model busy while the worker ran    : {fig.model_busy:8.2f} (Triton compute time / stills phase)",
         f"  worker CPU s per still / per {args.plan.worker_video.name} video: "
         f"{fig.cpu_per_still:.3f} / {fig.cpu_per_video:.2f} (whole process, /proc)",
         f"  cached repeat, {fig.cached_mb:.2f} MB inline video, event -> verdict: "
