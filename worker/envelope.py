@@ -7,7 +7,7 @@ Nothing in a record may crash the worker, so every step here is bounded and tota
   than its recursion limit (~200) with a ValueError; the stdlib `json.loads` (recursive, RecursionError on
   100,000 nested arrays) is never used on record bytes;
 - shape: at most `MAX_JSON_CONTAINERS` objects/arrays and `MAX_JSON_ITEMS` commas, counted with
-  `bytes.count` before parsing (base64 has neither, so inline media costs nothing): 16 MiB of `{},` would
+  memchr jumps (`count_byte`) before parsing (base64 has neither, so inline media costs ~0.1 ms): 16 MiB of `{},` would
   otherwise become 5.6 million Python dicts (564 MB of RSS for one record);
 - text: the id must be printable text of at most 512 characters (`contracts.EventId`: no control
   characters, no lone surrogates), because it becomes the verdict's Kafka key and JSON;
@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
+import pybase64
 import pydantic_core
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.formats.json import JSONFormat
@@ -57,6 +58,8 @@ MAX_JSON_ITEMS = 100_000
 #: Headers read from one record, and the size of each (CloudEvents attributes are short strings).
 MAX_HEADERS = 64
 MAX_HEADER_BYTES = 4096
+#: Hits of one byte `count_byte` finds one by one before it counts the rest in one pass.
+SPARSE_HITS = 256
 #: Bytes a DLQ record needs besides the (base64) value: attributes, reason, key and headers.
 DLQ_OVERHEAD_BYTES = 16_384
 #: The structured-mode content type, written as the `content-type` header of verdicts and DLQ records.
@@ -95,12 +98,28 @@ _FORMAT = _BoundedJSONFormat()
 
 def check_json_shape(value: bytes) -> None:
     """Raise ValueError when `value` holds more JSON containers or items than an event ever needs."""
-    containers = value.count(b"{") + value.count(b"[")
+    containers = count_byte(value, b"{") + count_byte(value, b"[")
     if containers > MAX_JSON_CONTAINERS:
         raise ValueError(f"JSON with {containers} objects/arrays, at most {MAX_JSON_CONTAINERS} are parsed")
-    items = value.count(b",")
+    items = count_byte(value, b",")
     if items > MAX_JSON_ITEMS:
         raise ValueError(f"JSON with {items} items, at most {MAX_JSON_ITEMS} are parsed")
+
+
+def count_byte(value: bytes, byte: bytes) -> int:
+    """`value.count(byte)`, fast when the byte is rare, as `{`, `[` and `,` are in an event with inline media.
+
+    `bytes.count` inspects every byte (1.3 ms per pass over 3.5 MB, three passes per event on the consume
+    loop's thread); `bytes.find` jumps between hits with memchr (0.04 ms). After `SPARSE_HITS` hits the
+    byte is not rare and `bytes.count` finishes the job, so a hostile record costs at most that many finds.
+    """
+    count, at = 0, value.find(byte)
+    while at >= 0:
+        count += 1
+        if count >= SPARSE_HITS:
+            return count + value.count(byte, at + 1)
+        at = value.find(byte, at + 1)
+    return count
 
 
 def content_mode(headers: Headers) -> ContentMode:
@@ -258,7 +277,7 @@ def _parse_binary(value: bytes, headers: Sequence[tuple[str, bytes | None]], max
     if isinstance(data, bytes):
         if not (isinstance(content_type, str) and _MEDIA_TYPE.match(content_type)):
             return printable(f"binary-mode data of content-type {content_type!r}: expected JSON, image/* or video/*")
-        data = MediaData(inline=base64.b64encode(data).decode("ascii"), content_type=content_type)
+        data = MediaData(inline=pybase64.b64encode(data).decode("ascii"), content_type=content_type)
     elif data is None:
         return "binary-mode event without data"
     return MediaEvent.model_validate({**attributes, "data": data})

@@ -17,7 +17,9 @@ from worker.envelope import (
     MAX_HEADERS,
     MAX_JSON_CONTAINERS,
     MAX_JSON_ITEMS,
+    SPARSE_HITS,
     content_mode,
+    count_byte,
     dead_letter,
     dead_letter_value,
     dlq_room,
@@ -109,6 +111,16 @@ def test_json_too_wide_to_hold_in_memory_is_refused_before_parsing(filler: bytes
     # the media itself in binary mode is bytes, not JSON: any number of commas and brackets is fine
     media = parse_event(b"\x89PNG" + many, [*CE_HEADERS, ("content-type", b"image/png")])
     assert isinstance(media, MediaEvent)
+
+
+@pytest.mark.parametrize("hits", [0, 1, SPARSE_HITS - 1, SPARSE_HITS, SPARSE_HITS + 1, 10 * SPARSE_HITS])
+def test_count_byte_counts_what_bytes_count_counts(hits: int) -> None:
+    """Counted hit by hit while rare, then in one pass: the same total either way, wherever the hits are."""
+    filler = base64.b64encode(bytes(range(256)) * 8)
+    value = b",".join([filler[: (i * 37) % len(filler)] for i in range(hits + 1)])  # hits spread out
+    for candidate in (value, b"," * hits, b"," + value + b","):
+        assert count_byte(candidate, b",") == candidate.count(b",")
+        assert count_byte(candidate, b"{") == 0
 
 
 def test_a_huge_value_inside_the_limit_parses() -> None:

@@ -56,6 +56,31 @@ def test_inline_errors() -> None:
     assert fetch_error(MediaData(inline=small, sha256="abc123"), settings) is ErrorCode.INVALID_EVENT
 
 
+@pytest.mark.parametrize("text", [
+    "YWJj", "YWI=", "YQ==", "YQ", "YQ=", "YQ===", "YQ==YQ==", "====", "=YWJj", "YW=j",
+    "-_-_", "YW+/", "YWJj\n", " YWJj", "YW Jj", "Y\tW\r\nJj", "YWJjé", "\u00e9\u00e9\u00e9\u00e9", "YWJj\x00",
+])
+def test_inline_decoding_answers_as_strict_stdlib_base64(text: str) -> None:
+    """The fast decoder must accept and refuse exactly what `base64.b64decode(validate=True)` does, after
+    whitespace is removed (the contract: RFC 4648 alphabet and padding, MIME line breaks allowed)."""
+    try:
+        expected: bytes | None = base64.b64decode("".join(text.split()), validate=True)
+    except ValueError:
+        expected = None
+    try:
+        got: bytes | None = fetch_module._decode_inline(text, 1024)
+    except MediaError as exc:
+        assert exc.code is ErrorCode.INVALID_EVENT
+        got = None
+    assert got == expected
+
+
+def test_inline_whitespace_does_not_count_towards_the_size_limit() -> None:
+    encoded = base64.b64encode(b"x" * 1024).decode()
+    spaced = " \n".join(encoded[i : i + 4] for i in range(0, len(encoded), 4))  # raw text: ~2.2x the limit
+    assert fetch_media(MediaData(inline=spaced), FetchSettings(max_inline_bytes=1024)) == b"x" * 1024
+
+
 # ------------------------------------------------------------------------------ file, s3, schemes
 
 
