@@ -368,7 +368,8 @@ def worker_run(conn: dict[str, str], plan: Plan, stills: list[bytes], media_dir:
             fig.triton_batch = delta["nv_inference_count"] / max(1.0, delta["nv_inference_exec_count"])
             # compute time is summed per request; a batched execution serves several requests at once
             per_exec = delta["nv_inference_request_success"] / max(1.0, delta["nv_inference_exec_count"])
-            fig.model_busy = delta["nv_inference_compute_infer_duration_us"] / 1e6 / max(1.0, per_exec) / max(1e-9, busy)
+            compute_s = delta["nv_inference_compute_infer_duration_us"] / 1e6 / max(1.0, per_exec)
+            fig.model_busy = compute_s / max(1e-9, busy)
         fig.rss_mb["after stills"] = proc.rss_mb()
         log(f"  worker: {fig.faces} faces in {busy:.1f} s")
 
@@ -440,7 +441,7 @@ def report(args: argparse.Namespace, rows: list[StageRow], bare: dict[int, float
         f"  worker / bare model                : {fig.faces_per_s / bare[best]:8.2f}",
         f"  worker / naive loop                : {fig.faces_per_s / max(1e-9, naive):8.2f}",
         f"  mean Triton batch from the worker  : {fig.mean_batch:8.2f} (executed by Triton: {fig.triton_batch:.2f})",
-        f"  model busy while the worker ran    : {fig.model_busy:8.2f} (Triton compute time per execution / stills phase)",
+        f"  model busy while the worker ran    : {fig.model_busy:8.2f} (Triton compute s / stills phase s)",
         f"  worker CPU s per still / per {args.plan.worker_video.name} video: "
         f"{fig.cpu_per_still:.3f} / {fig.cpu_per_video:.2f} (whole process, /proc)",
         f"  cached repeat, {fig.cached_mb:.2f} MB inline video, event -> verdict: "
