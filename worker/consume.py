@@ -101,6 +101,7 @@ class EventConsumer:
             auto_offset_reset=settings.auto_offset_reset,
             max_poll_records=settings.max_poll_records,
             session_timeout_ms=settings.session_timeout_ms,
+            metadata_max_age_ms=settings.metadata_max_age_ms,
             max_poll_interval_ms=settings.max_poll_interval_ms,
             partition_assignment_strategy=[CooperativeStickyAssignor],
             **extra,

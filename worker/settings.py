@@ -33,6 +33,11 @@ class KafkaSettings(BaseModel):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     max_poll_records: int = 32
     session_timeout_ms: int = 30_000
+    #: How often the consumer refreshes topic metadata (kafka-python's default is 5 min). A group whose
+    #: leader joined before a new topic's partitions had leaders assigns nothing until its next refresh
+    #: ("No partition metadata" from the sticky assignor); a refresh that finds them triggers a rejoin. It
+    #: also picks up partitions added to the events topic within this time.
+    metadata_max_age_ms: int = 30_000
     max_poll_interval_ms: int = 300_000
     commit_interval_s: float = 1.0
     #: On a revocation, how long the loop waits for the revoked partitions' in-flight work before it
