@@ -26,6 +26,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
+from kafka.coordinator.base import MemberState
 from kafka.errors import CorruptRecordError
 from kafka.structs import OffsetAndMetadata
 
@@ -87,6 +88,28 @@ class _Recorder(ConsumerRebalanceListener):
         return events
 
 
+def finish_stalled_join(coordinator: object) -> bool:
+    """Ask for a rejoin when kafka-python has stopped driving a join it started; True when it did.
+
+    kafka-python 3.0 (checked up to 3.0.12) loops `ensure_active_group` only while `need_rejoin()`. A join
+    set off by new partition metadata (the usual first one: topics created just before the worker joined)
+    makes the leader assign against the new metadata, which clears `need_rejoin()` before SyncGroup
+    answers. When `poll()`'s timer runs out in between, no later poll ever awaits that join: the member
+    sits in REBALANCING with nothing assigned, for good. Seen as a worker never ready
+    (`kafka_assignment`) about once in 15 fresh groups. Requesting a rejoin makes the next poll await the
+    join still in flight, or send a new one when it already finished unseen.
+    """
+    need_rejoin = getattr(coordinator, "need_rejoin", None)
+    request_rejoin = getattr(coordinator, "request_rejoin", None)
+    if getattr(coordinator, "state", None) != MemberState.REBALANCING or need_rejoin is None or request_rejoin is None:
+        return False
+    if need_rejoin():
+        return False
+    log.info("kafka-python left a group join unfinished: rejoining")
+    request_rejoin()
+    return True
+
+
 class EventConsumer:
     """Owns the KafkaConsumer. Not thread-safe (kafka-python's consumer is not): call it from the loop only."""
 
@@ -117,6 +140,7 @@ class EventConsumer:
             batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max(1, max_records))
         except CorruptRecordError as exc:  # a record kafka-python itself cannot decode (e.g. a non-UTF-8 header key)
             return [self._skip_undecodable(exc)]
+        finish_stalled_join(getattr(self._consumer, "_coordinator", None))
         return [record for records in batches.values() for record in records]
 
     def _skip_undecodable(self, exc: CorruptRecordError) -> ConsumerRecord:
@@ -161,10 +185,10 @@ class EventConsumer:
     def in_group(self) -> bool:
         """Joined and stable in the group, even with no partition (a spare replica is ready too).
 
-        kafka-python has no public accessor and calls no listener for an empty assignment, so this reads the
-        coordinator's member state; readable from any thread (nothing blocks)."""
+        kafka-python calls no listener for an empty assignment, so this reads the coordinator's member state
+        (a plain string, `MemberState.STABLE`, in 2.x and 3.x); readable from any thread (nothing blocks)."""
         state = getattr(getattr(self._consumer, "_coordinator", None), "state", None)
-        return getattr(state, "name", "") == "STABLE" or bool(self._consumer.assignment())
+        return state == MemberState.STABLE or bool(self._consumer.assignment())
 
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Synchronous commit; raises when the broker refuses (e.g. the generation moved on)."""

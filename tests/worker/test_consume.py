@@ -1,10 +1,11 @@
-"""The stand-in record for one kafka-python cannot decode: recognised only when it carries no bytes."""
+"""The stand-in record for one kafka-python cannot decode; the rejoin that un-stalls a join kafka-python dropped."""
 
 from __future__ import annotations
 
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.coordinator.base import MemberState
 
-from worker.consume import UNDECODABLE_HEADER, undecodable_reason
+from worker.consume import UNDECODABLE_HEADER, finish_stalled_join, undecodable_reason
 
 
 def _record(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]]) -> ConsumerRecord:
@@ -19,3 +20,28 @@ def test_a_producer_record_with_bytes_is_never_taken_for_the_stand_in() -> None:
     assert undecodable_reason(_record(None, b"{}", [(UNDECODABLE_HEADER, b"x")])) is None
     assert undecodable_reason(_record(b"k", None, [(UNDECODABLE_HEADER, b"x")])) is None
     assert undecodable_reason(_record(None, None, [("other", b"x")])) is None
+
+
+class _Coordinator:
+    """The three members of kafka-python's coordinator that `finish_stalled_join` reads."""
+
+    def __init__(self, state: str, need_rejoin: bool) -> None:
+        self.state, self._need, self.requested = state, need_rejoin, 0
+
+    def need_rejoin(self) -> bool:
+        return self._need
+
+    def request_rejoin(self) -> None:
+        self.requested += 1
+
+
+def test_a_rebalance_no_poll_will_drive_is_restarted() -> None:
+    stalled = _Coordinator(MemberState.REBALANCING, need_rejoin=False)
+    assert finish_stalled_join(stalled) and stalled.requested == 1
+
+
+def test_a_join_kafka_python_still_drives_or_a_stable_member_is_left_alone() -> None:
+    for coordinator in (_Coordinator(MemberState.REBALANCING, True), _Coordinator(MemberState.STABLE, False),
+                        _Coordinator(MemberState.UNJOINED, True)):
+        assert not finish_stalled_join(coordinator) and coordinator.requested == 0
+    assert not finish_stalled_join(None)  # no group (manual assignment): nothing to do
