@@ -193,18 +193,19 @@ def _decode(
             picks = selector.finish(last)
         if not picks:
             raise MediaError(ErrorCode.DECODE_FAILED, f"no frame could be decoded from {container.format.name}")
-        try:
-            frames = [Frame(index=p.index, time_s=p.time_s, rgb=_rgb(p.frame)) for p in picks]
-        except (av.FFmpegError, ValueError) as exc:  # a pixel format the converter cannot handle
-            raise MediaError(ErrorCode.DECODE_FAILED, f"cannot convert frames to RGB: {exc}") from exc
+        # The first frame is converted here, so a pixel format the converter cannot handle fails the decode;
+        # the others stay in the decoder's pixels until the faces stage reads them (`Frame`).
+        first = picks[0]
+        frames = [Frame(first.index, first.time_s, rgb=_rgb(first.frame))]
+        frames += [Frame(p.index, p.time_s, convert=_converter(p.frame)) for p in picks[1:]]
     # Stopped at the last wanted frame: trust the header. Ran to the end of the stream: we counted.
     frame_count = (count or _estimate(duration, rate) or decoded) if selector.done else decoded
     kind: Literal["image", "video"] = "image" if still or frame_count == 1 else "video"
     return DecodedMedia(
         kind=kind,
         frames=frames[:1] if kind == "image" else frames,
-        width=frames[0].rgb.shape[1],
-        height=frames[0].rgb.shape[0],
+        width=first.frame.width if first.frame is not None else 0,
+        height=first.frame.height if first.frame is not None else 0,
         container=container.format.name,
         codec=codec.canonical_name,
         duration_s=0.0 if kind == "image" else duration,
@@ -254,9 +255,17 @@ def _seek_picks(
 
 
 def _rgb(frame: av.VideoFrame | None) -> RGBImage:
-    if frame is None:
-        raise ValueError("a planned frame was never decoded")
-    return np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8)  # rgb24 is uint8: no copy
+    try:
+        if frame is None:
+            raise ValueError("a planned frame was never decoded")
+        return np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8)  # rgb24 is uint8: no copy
+    except (av.FFmpegError, ValueError) as exc:  # a pixel format the converter cannot handle
+        raise MediaError(ErrorCode.DECODE_FAILED, f"cannot convert frames to RGB: {exc}") from exc
+
+
+def _converter(frame: av.VideoFrame | None) -> Callable[[], RGBImage]:
+    """The frame's RGB conversion, deferred: until then the frame keeps only the decoder's buffers."""
+    return lambda: _rgb(frame)
 
 
 def _plan(n: int, count: int, duration: float, rate: Fraction | None) -> _Selector:

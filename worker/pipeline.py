@@ -32,7 +32,7 @@ from worker.cache import VerdictCache, cache_key
 from worker.contracts import ErrorInfo, MediaData, ModelInfo, VerdictData
 from worker.decode import decode_media
 from worker.errors import ErrorCode, MediaError, status_for
-from worker.faces.extract import ExtractedFaces, extract_faces_counted
+from worker.faces.extract import ExtractedFaces, drain, extract_faces_counted
 from worker.faces.factory import create_detector
 from worker.fetch import fetch_media
 from worker.infer.base import InferenceError
@@ -222,11 +222,11 @@ class MediaPipeline:
             with self._stage(item.timer, "decode"):
                 media = decode_media(blob, self.settings.decode, item.data.content_type)
             self._check_deadline(item, "decode")
-            with self._stage(item.timer, "faces"):
-                extracted = extract_faces_counted(media.frames, self._detector(), self.settings.faces)
+            frames = len(media.frames)
+            with self._stage(item.timer, "faces"):  # each frame is freed once detected (`drain`)
+                extracted = extract_faces_counted(drain(media.frames), self._detector(), self.settings.faces)
             self._check_deadline(item, "faces")
-        frames = len(media.frames)
-        del media, blob  # only the crops travel on: frames are the bulk of an item's memory
+        del media, blob  # only the crops travel on
         if not extracted.crops:
             empty = np.zeros((0, *self.batcher.crop_shape), np.uint8)
             self._verdict(_Scoring(item, key, leader, extracted, frames, empty), np.zeros((0,), np.float32))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -11,13 +12,32 @@ import numpy.typing as npt
 RGBImage = npt.NDArray[np.uint8]  # H x W x 3, RGB, uint8
 
 
-@dataclass(frozen=True)
 class Frame:
-    """One sampled frame. `index` is its position in the decoded stream, `time_s` its presentation time."""
+    """One sampled frame. `index` is its position in the decoded stream, `time_s` its presentation time.
 
-    index: int
-    time_s: float
-    rgb: RGBImage
+    Its pixels are either an RGB array or a `convert` that makes one: decoded video frames stay in the
+    decoder's YUV 4:2:0 (half the bytes of RGB) until a stage reads `rgb`, and each read converts again, so
+    a stage reads it once. Holding 32 RGB frames per item was the bulk of a worker's memory (1080p: 200 MB).
+    """
+
+    __slots__ = ("_convert", "_rgb", "index", "time_s")
+
+    def __init__(self, index: int, time_s: float, rgb: RGBImage | None = None,
+                 convert: Callable[[], RGBImage] | None = None) -> None:
+        if (rgb is None) == (convert is None):
+            raise ValueError("a Frame takes either rgb or convert")
+        self.index, self.time_s, self._rgb, self._convert = index, time_s, rgb, convert
+
+    @property
+    def rgb(self) -> RGBImage:
+        """H x W x 3 uint8; converted on each read when the frame holds decoder pixels."""
+        if self._rgb is not None:
+            return self._rgb
+        assert self._convert is not None
+        return self._convert()
+
+    def __repr__(self) -> str:
+        return f"Frame(index={self.index}, time_s={self.time_s:.3f})"
 
 
 @dataclass(frozen=True)

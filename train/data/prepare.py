@@ -29,7 +29,8 @@ from train.data.manifest import CropRecord, write_manifest
 from train.data.readers import FORMATS, MediaItem, read_source
 from train.data.splits import assign_splits
 from worker.decode import decode_media
-from worker.faces.extract import extract_faces
+from worker.errors import MediaError
+from worker.faces.extract import drain, extract_faces
 from worker.faces.factory import create_detector
 from worker.settings import DecodeSettings, FaceSettings, WorkerSettings
 from worker.types import FaceCrop, FaceDetector
@@ -127,7 +128,12 @@ class MediaProcessor:
             result.reason = f"decode_failed: {type(exc).__name__}: {exc}"
             return result
         result.frames_sampled = len(media.frames)
-        faces = select_faces(extract_faces(media.frames, self.detector, self.faces), self.faces_per_frame)
+        try:  # frames are converted to RGB as the faces stage reads them (worker.types.Frame)
+            crops = extract_faces(drain(media.frames), self.detector, self.faces)
+        except MediaError as exc:
+            result.reason = f"decode_failed: {exc.message}"
+            return result
+        faces = select_faces(crops, self.faces_per_frame)
         if not faces:
             result.reason = "no_face"
             return result

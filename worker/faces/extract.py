@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from worker.faces.align import align_face, landmarks_from_box
@@ -21,6 +22,10 @@ def _area(detection: Detection) -> float:
     return detection.box[2] * detection.box[3]
 
 
+def _ranked(faces: list[Detection]) -> list[Detection]:
+    return sorted(faces, key=lambda d: (_area(d), d.score), reverse=True)
+
+
 def select_faces(found: list[list[Detection]], settings: FaceSettings) -> tuple[list[list[Detection]], int]:
     """The faces to score per frame (largest first) and how many detected faces were dropped.
 
@@ -30,7 +35,7 @@ def select_faces(found: list[list[Detection]], settings: FaceSettings) -> tuple[
     still counts in the media score (the mean over frames); only with more frames than the cap do frames
     keep one face each, those with the largest faces first.
     """
-    ranked = [sorted(faces, key=lambda d: (_area(d), d.score), reverse=True) for faces in found]
+    ranked = [_ranked(faces) for faces in found]
     limit = max(0, settings.max_faces_per_media)
     allowance = max(0, settings.max_faces_per_frame)
     while allowance > 1 and sum(min(allowance, len(faces)) for faces in ranked) > limit:
@@ -44,33 +49,43 @@ def select_faces(found: list[list[Detection]], settings: FaceSettings) -> tuple[
     return kept, dropped
 
 
-def extract_faces_counted(frames: list[Frame], detector: FaceDetector, settings: FaceSettings) -> ExtractedFaces:
+def extract_faces_counted(frames: Iterable[Frame], detector: FaceDetector, settings: FaceSettings) -> ExtractedFaces:
     """Aligned crops of the faces the caps keep, in frame order and largest first within a frame.
 
-    A detection without landmarks (Haar) is aligned on template landmarks placed in its box, and its crop
-    says `landmarks_estimated=True`.
+    One pass, one RGB frame at a time: each frame is detected and its candidates (the largest
+    `max_faces_per_frame`, a superset of what the caps can keep) aligned while its pixels are at hand, so
+    no frame is converted twice and no RGB frame outlives its turn. Pass an iterator that lets go of each
+    frame (`drain`) and the decoder's pixels go too. A detection without landmarks (Haar) is aligned on
+    template landmarks placed in its box, and its crop says `landmarks_estimated=True`.
     """
-    kept, dropped = select_faces([detector.detect(frame.rgb) for frame in frames], settings)
-    crops: list[FaceCrop] = []
-    for frame, detections in zip(frames, kept, strict=True):
-        for detection in detections:
+    found: list[list[Detection]] = []
+    candidates: dict[tuple[int, int], FaceCrop] = {}  # (frame position, id(detection)): alive in `found`
+    for position, frame in enumerate(frames):
+        rgb = frame.rgb
+        detections = detector.detect(rgb)
+        found.append(detections)
+        for detection in _ranked(detections)[: max(0, settings.max_faces_per_frame)]:
             landmarks = detection.landmarks
             estimated = landmarks is None
             if landmarks is None:
                 landmarks = landmarks_from_box(detection.box)
-            crop = align_face(frame.rgb, landmarks, settings.crop_size, settings.crop_scale)
-            crops.append(
-                FaceCrop(
-                    frame_index=frame.index,
-                    time_s=frame.time_s,
-                    detection=detection,
-                    landmarks_estimated=estimated,
-                    crop=crop,
-                )
-            )
+            crop = align_face(rgb, landmarks, settings.crop_size, settings.crop_scale)
+            candidates[position, id(detection)] = FaceCrop(
+                frame_index=frame.index, time_s=frame.time_s, detection=detection,
+                landmarks_estimated=estimated, crop=crop)
+        del rgb, frame
+    kept, dropped = select_faces(found, settings)
+    crops = [candidates[position, id(d)] for position, detections in enumerate(kept) for d in detections]
     return ExtractedFaces(crops=crops, dropped=dropped)
 
 
-def extract_faces(frames: list[Frame], detector: FaceDetector, settings: FaceSettings) -> list[FaceCrop]:
+def drain(frames: list[Frame]) -> Iterable[Frame]:
+    """Hand out `frames` front to back, removing each from the list, so each is freed once it is used."""
+    frames.reverse()
+    while frames:
+        yield frames.pop()
+
+
+def extract_faces(frames: Iterable[Frame], detector: FaceDetector, settings: FaceSettings) -> list[FaceCrop]:
     """The crops of `extract_faces_counted`, for callers that do not report dropped faces (training)."""
     return extract_faces_counted(frames, detector, settings).crops
