@@ -8,7 +8,7 @@ and announced by a log line saying what it waits for and where:
 2. the face detector loads and runs once on a blank frame;
 3. Triton answers, the model is ready, and it honours the contract (I/O names, types and shapes, and the
    preprocessing version this worker's crops follow);
-4. Kafka answers and the events and verdicts topics exist.
+4. Kafka answers and the events, verdicts, retry and DLQ topics exist.
 
 A failure raises `StartupError`, whose `exit_code` is distinct per failure class (`Failure`, documented in
 docs/deploy.md "Start-up checks and exit codes"); `dfmod worker` prints its message as one line and exits.
@@ -254,7 +254,7 @@ def check_triton(settings: TritonSettings, backend: InferenceBackend, beat: Beat
 
 # -- 4. Kafka -----------------------------------------------------------------------------------------------
 def check_kafka(settings: KafkaSettings, beat: Beat = _no_beat) -> None:
-    """Bootstrap within `settings.ready_timeout_s` and find the events and verdicts topics."""
+    """Bootstrap within `settings.ready_timeout_s` and find the events, verdicts, retry and DLQ topics."""
     from kafka import KafkaConsumer
 
     from worker.kafka_config import connection_config
@@ -278,11 +278,16 @@ def check_kafka(settings: KafkaSettings, beat: Beat = _no_beat) -> None:
                            f"Kafka at {settings.bootstrap_servers}: cannot list topics: {_short(exc)}") from exc
     finally:
         consumer.close()
-    missing = [t for t in (settings.events_topic, settings.verdicts_topic) if t not in available]
+    # All four are the contract: without the DLQ a poison record cannot be parked, without the retry topic a
+    # transient failure cannot wait for its next attempt; either would surface only at the first such event.
+    wanted = {"EVENTS_TOPIC": settings.events_topic, "VERDICTS_TOPIC": settings.verdicts_topic,
+              "RETRY_TOPIC": settings.retry_topic, "DLQ_TOPIC": settings.dlq_topic}
+    missing = {name: topic for name, topic in wanted.items() if topic not in available}
     if missing:
+        names = " / ".join(f"DFMOD_KAFKA__{name}" for name in missing)
         raise StartupError(Failure.KAFKA_UNREACHABLE,
-                           f"Kafka at {settings.bootstrap_servers} has no topic {', '.join(missing)} "
-                           "(create it, or check DFMOD_KAFKA__EVENTS_TOPIC / DFMOD_KAFKA__VERDICTS_TOPIC)")
+                           f"Kafka at {settings.bootstrap_servers} has no topic {', '.join(missing.values())} "
+                           f"(create it, or check {names})")
 
 
 # -- all of them --------------------------------------------------------------------------------------------

@@ -92,6 +92,10 @@ CASES = {
     "no Kafka": ({"DFMOD_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:{dead}", "DFMOD_KAFKA__READY_TIMEOUT_S": "3"}, 15,
                  "Kafka at 127.0.0.1:{dead} did not answer within 3 s"),
     "missing topic": ({"DFMOD_KAFKA__EVENTS_TOPIC": "no.such.topic"}, 15, "has no topic no.such.topic"),
+    "missing DLQ topic": ({"DFMOD_KAFKA__DLQ_TOPIC": "no.such.dlq"}, 15,
+                          "has no topic no.such.dlq (create it, or check DFMOD_KAFKA__DLQ_TOPIC)"),
+    "missing retry topic": ({"DFMOD_KAFKA__RETRY_TOPIC": "no.such.retry"}, 15,
+                            "has no topic no.such.retry (create it, or check DFMOD_KAFKA__RETRY_TOPIC)"),
 }
 
 
