@@ -360,6 +360,10 @@ def worker_run(conn: dict[str, str], plan: Plan, stills: list[bytes], media_dir:
         sent = _records(bootstrap, topics.events, len(stills))
         done = _records(bootstrap, topics.verdicts, len(stills))
         busy = (max(ts for ts, _ in done.values()) - min(ts for ts, _ in sent.values())) / 1000.0
+        hits = sum(1 for _, v in done.values() if v["data"].get("cached"))
+        if hits:  # a cached or coalesced still never reaches the model: the faces/s would be inflated
+            raise RuntimeError(f"{hits} of {len(stills)} stills were answered without scoring (cache or single "
+                               "flight): the stills must differ in bytes")
         fig.faces = sum(int(v["data"].get("faces_count") or 0) for _, v in done.values())
         fig.faces_per_s = fig.faces / max(1e-9, busy)
         fig.cpu_per_still = (proc.cpu_s() - cpu0) / len(stills)
