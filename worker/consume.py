@@ -131,6 +131,7 @@ class EventConsumer:
             **connection_config(settings),
         )
         self._consumer.subscribe(topics or [settings.events_topic], listener=self._recorder)
+        self._coordinator = getattr(self._consumer, "_coordinator", None)  # kafka-python's, for its member state
 
     def poll(self, timeout_ms: int, max_records: int) -> list[ConsumerRecord]:
         """Records (none when `max_records <= 0`); always drives heartbeats and rebalances."""
@@ -140,7 +141,7 @@ class EventConsumer:
             batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max(1, max_records))
         except CorruptRecordError as exc:  # a record kafka-python itself cannot decode (e.g. a non-UTF-8 header key)
             return [self._skip_undecodable(exc)]
-        finish_stalled_join(getattr(self._consumer, "_coordinator", None))
+        finish_stalled_join(self._coordinator)
         return [record for records in batches.values() for record in records]
 
     def _skip_undecodable(self, exc: CorruptRecordError) -> ConsumerRecord:
@@ -187,7 +188,7 @@ class EventConsumer:
 
         kafka-python calls no listener for an empty assignment, so this reads the coordinator's member state
         (a plain string, `MemberState.STABLE`, in 2.x and 3.x); readable from any thread (nothing blocks)."""
-        state = getattr(getattr(self._consumer, "_coordinator", None), "state", None)
+        state = getattr(self._coordinator, "state", None)
         return state == MemberState.STABLE or bool(self._consumer.assignment())
 
     def commit(self, offsets: dict[TopicPartition, int]) -> None:

@@ -204,8 +204,8 @@ def _decode(
     return DecodedMedia(
         kind=kind,
         frames=frames[:1] if kind == "image" else frames,
-        width=first.frame.width if first.frame is not None else 0,
-        height=first.frame.height if first.frame is not None else 0,
+        width=frames[0].rgb.shape[1],  # the first frame is converted already: no conversion here
+        height=frames[0].rgb.shape[0],
         container=container.format.name,
         codec=codec.canonical_name,
         duration_s=0.0 if kind == "image" else duration,

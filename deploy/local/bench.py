@@ -40,6 +40,7 @@ from harness import BIN, Stack, Topics, WorkerProcess, astronaut_png, produce, r
 
 from worker.decode import decode_media
 from worker.faces.align import align_face, landmarks_from_box
+from worker.faces.extract import extract_faces
 from worker.faces.factory import create_detector
 from worker.produce import inline_event
 from worker.samples import load_rgb
@@ -231,12 +232,7 @@ def naive_loop(conn: dict[str, str], stills: list[bytes], faces: FaceSettings) -
     start = time.perf_counter()
     for blob in stills:
         media = decode_media(blob, DecodeSettings())
-        crops = []
-        for frame in media.frames:
-            rgb = frame.rgb
-            for d in detector.detect(rgb)[: faces.max_faces_per_frame]:
-                points = d.landmarks if d.landmarks is not None else landmarks_from_box(d.box)
-                crops.append(align_face(rgb, points, faces.crop_size, faces.crop_scale))
+        crops = [c.crop for c in extract_faces(media.frames, detector, faces)]  # the worker's faces stage
         if crops:
             _infer(client, np.stack(crops))
             count += len(crops)
