@@ -267,3 +267,20 @@ def test_an_inference_that_never_answers_ends_in_timeout(settings: WorkerSetting
         assert pipeline.face_budget.used == 0, "a timed-out item gives its faces back"
     finally:
         pipeline.stop()
+
+
+def test_answered_items_are_not_kept_alive(settings: WorkerSettings, astronaut_png_bytes: bytes) -> None:
+    """Each item's deadline timer closes over its crops; once answered, nothing of it may stay (a cancelled
+    timer held every item until its deadline, minutes later: worker RSS grew with throughput)."""
+    import gc
+
+    from worker.pipeline import _Scoring
+
+    pipeline = make(settings, FakeBackend())
+    distinct = [astronaut_png_bytes + i.to_bytes(4, "big") for i in range(6)]  # trailing bytes: no single flight
+    for blob in distinct:
+        assert pipeline.process(inline(blob)).status == "ok"
+    time.sleep(0.1)  # the finishing thread lets go of the last item after answering it
+    gc.collect()
+    alive = [o for o in gc.get_objects() if isinstance(o, _Scoring)]
+    assert len(alive) <= 1, f"{len(alive)} answered items still alive"  # at most the batcher's last batch
