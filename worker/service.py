@@ -37,6 +37,7 @@ from worker.errors import ErrorCode
 from worker.guard import DeliveryGuard, RecordId
 from worker.health import HealthState, serve
 from worker.infer.base import InferenceBackend
+from worker.memory import MemoryTrimmer
 from worker.offsets import OffsetTracker
 from worker.pipeline import Stopped, TransientFailure, failure_verdict
 from worker.publish import ATTEMPT_HEADER, NOT_BEFORE_HEADER, Publisher
@@ -470,10 +471,12 @@ class Worker:
 
     def run(self) -> None:
         server = self._server or serve(self.health, self.settings.http_host, self.settings.http_port)
+        trimmer = MemoryTrimmer(self.settings.malloc_trim_interval_s).start()
         log.info("worker started", extra={"model": self.model.model_dump(), "topic": self.settings.kafka.events_topic})
         try:
             self.loop.run()  # drains and leaves the group on stop
         finally:
+            trimmer.stop()
             self.engine.close()
             self.publisher.close()
             self.guard.close()

@@ -210,6 +210,9 @@ class WorkerSettings(BaseSettings):
     #: On SIGTERM, how long to wait for in-flight events before leaving them (unanswered, uncommitted)
     #: to the next owner. Keep it below the pod's terminationGracePeriodSeconds.
     drain_timeout_s: float = 30.0
+    #: Every this many seconds the worker hands freed heap memory back to the OS (glibc `malloc_trim`,
+    #: worker/memory.py), so RSS follows what is in use rather than the busiest moment; 0 disables it.
+    malloc_trim_interval_s: float = Field(default=10.0, ge=0)
     http_host: str = "0.0.0.0"
     http_port: int = 9100
     log_level: str = "INFO"
