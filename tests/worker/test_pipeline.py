@@ -277,10 +277,11 @@ def test_answered_items_are_not_kept_alive(settings: WorkerSettings, astronaut_p
     from worker.pipeline import _Scoring
 
     pipeline = make(settings, FakeBackend())
-    distinct = [astronaut_png_bytes + i.to_bytes(4, "big") for i in range(6)]  # trailing bytes: no single flight
-    for blob in distinct:
-        assert pipeline.process(inline(blob)).status == "ok"
+    distinct = [inline(astronaut_png_bytes + i.to_bytes(4, "big")) for i in range(6)]  # no single flight
+    for data in distinct:
+        assert pipeline.process(data).status == "ok"
     time.sleep(0.1)  # the finishing thread lets go of the last item after answering it
     gc.collect()
-    alive = [o for o in gc.get_objects() if isinstance(o, _Scoring)]
+    ours = {data.inline for data in distinct}  # other tests' pipelines may still hold their own items
+    alive = [o for o in gc.get_objects() if isinstance(o, _Scoring) and o.item.data.inline in ours]
     assert len(alive) <= 1, f"{len(alive)} answered items still alive"  # at most the batcher's last batch
