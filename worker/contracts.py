@@ -132,6 +132,9 @@ class VerdictData(BaseModel):
     score_max: float | None = None        # the most suspicious frame
     threshold: float | None = None
     frames_sampled: int = 0
+    #: how the frames were chosen: "exact" (the paper's evenly spaced frames) or "keyframes" (the opt-in
+    #: approximate mode, DecodeSettings.sampling, where it moved a sample to its interval's keyframe)
+    sampling: Literal["exact", "keyframes"] = "exact"
     frames_with_faces: int = 0
     faces_count: int = 0
     #: Faces found but not scored because of the caps (FaceSettings.max_faces_per_frame/_per_media);

@@ -43,9 +43,9 @@ import numpy as np
 from worker.errors import ErrorCode, MediaError
 from worker.probe import check_image_header
 from worker.sampling import even_indices, even_times
-from worker.seek import PacketIndex, SeekUnreliable, decode_ranks, scan_packets
+from worker.seek import PacketIndex, SeekUnreliable, decode_ranks, keyframe_ranks, scan_packets
 from worker.settings import DecodeSettings
-from worker.types import DecodedMedia, Frame, RGBImage
+from worker.types import DecodedMedia, Frame, RGBImage, Sampling
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +181,9 @@ def _decode(
             stream.codec_context.thread_count = 1
         selector = _plan(settings.frames, count, duration, rate)
         seeked = None if index is None else _seek_picks(container, stream, index, selector, settings, deadline)
+        sampling: Sampling = "exact"
         if seeked is not None:
-            picks, decoded = seeked
+            picks, decoded, sampling = seeked
         else:
             if index is not None:  # the seek went wrong part-way: start over, sequentially
                 container = opened.enter_context(contextlib.closing(reopen()))
@@ -210,6 +211,7 @@ def _decode(
         codec=codec.canonical_name,
         duration_s=0.0 if kind == "image" else duration,
         frame_count=frame_count,
+        sampling=sampling if kind == "video" else "exact",
     )
 
 
@@ -220,11 +222,13 @@ def _seek_picks(
     selector: _Selector,
     settings: DecodeSettings,
     deadline: float,
-) -> tuple[list[_Picked], int] | None:
-    """The sequential pass's picks, planned on the packet index and fetched by seeking; None if the seek failed.
+) -> tuple[list[_Picked], int, Sampling] | None:
+    """The sequential pass's picks, planned on the packet index and fetched by seeking, with the frame count and
+    the sampling used; None if the seek failed.
 
     The plan replays `_run` on the packets' timestamps in presentation order (what the decoder would return),
-    with its limits, so the picks and the frame count are the sequential pass's.
+    with its limits, so the picks and the frame count are the sequential pass's. With `sampling = "keyframes"`
+    the picks then move to keyframes where `seek.keyframe_ranks` allows.
     """
     start = stream.start_time or 0
     base = float(stream.time_base) if stream.time_base else 0.0
@@ -244,6 +248,11 @@ def _seek_picks(
             break
     picks = selector.finish(last)
     try:
+        planned = [p.index for p in picks]
+        if settings.sampling == "keyframes":
+            ranks = keyframe_ranks(index, [p.index for p in picks])
+            picks = [p if p.index == r else _Picked(index=r, time_s=max(0.0, _frame_time(
+                index.pts_of_rank(r), r, start, base, rate)), frame=None) for p, r in zip(picks, ranks, strict=True)]
         frames = decode_ranks(container, stream, index, [p.index for p in picks], deadline, settings.timeout_s)
     except SeekUnreliable as exc:
         log.info("seeking sampler fell back to the sequential pass", extra={"reason": str(exc)})
@@ -251,7 +260,8 @@ def _seek_picks(
     for pick, frame in zip(picks, frames, strict=True):
         _check_pixels(frame.width, frame.height, settings)
         pick.frame = frame
-    return picks, decoded
+    moved = settings.sampling == "keyframes" and any(r != p.index for r, p in zip(planned, picks, strict=True))
+    return picks, decoded, "keyframes" if moved else "exact"
 
 
 def _rgb(frame: av.VideoFrame | None) -> RGBImage:

@@ -39,8 +39,8 @@ from worker.infer.base import InferenceError
 from worker.retry import Backoff, Breaker
 from worker.settings import WorkerSettings
 from worker.timers import TimerHandle, TimerQueue
-from worker.types import FaceDetector, Scores, StageTimer
-from worker.version import PIPELINE_VERSION
+from worker.types import FaceDetector, Sampling, Scores, StageTimer
+from worker.version import PIPELINE_VERSION, pipeline_version
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,7 @@ class _Scoring:
     extracted: ExtractedFaces
     frames: int
     faces: np.ndarray  # the crops stacked (N, 224, 224, 3); each crop's `.crop` is a view into it
+    sampling: Sampling = "exact"
 
 
 class MediaPipeline:
@@ -123,6 +124,8 @@ class MediaPipeline:
         face_budget: Budget | None = None,
     ) -> None:
         self.settings = settings
+        #: in verdicts and cache keys: approximate sampling (DecodeSettings.sampling) must not share exact verdicts
+        self.pipeline_version = pipeline_version(settings.decode.sampling)
         self.batcher = batcher
         self.model = model
         self.cache = cache
@@ -189,7 +192,7 @@ class MediaPipeline:
             blob = fetch_media(item.data, self.settings.fetch)
         with self._stage(item.timer, "hash"):
             item.media_sha = hashlib.sha256(blob).hexdigest()
-        key = cache_key(item.media_sha, self.model, PIPELINE_VERSION, self.settings.cache.key_prefix)
+        key = cache_key(item.media_sha, self.model, self.pipeline_version, self.settings.cache.key_prefix)
         if self.cache is not None:
             with self._stage(item.timer, "cache_get"):
                 hit = self.cache.get(key)
@@ -222,18 +225,19 @@ class MediaPipeline:
             with self._stage(item.timer, "decode"):
                 media = decode_media(blob, self.settings.decode, item.data.content_type)
             self._check_deadline(item, "decode")
-            frames = len(media.frames)
+            frames, sampling = len(media.frames), media.sampling
             with self._stage(item.timer, "faces"):  # each frame is freed once detected (`drain`)
                 extracted = extract_faces_counted(drain(media.frames), self._detector(), self.settings.faces)
             self._check_deadline(item, "faces")
         del media, blob  # only the crops travel on
         if not extracted.crops:
             empty = np.zeros((0, *self.batcher.crop_shape), np.uint8)
-            self._verdict(_Scoring(item, key, leader, extracted, frames, empty), np.zeros((0,), np.float32))
+            self._verdict(_Scoring(item, key, leader, extracted, frames, empty, sampling),
+                          np.zeros((0,), np.float32))
             return None
         faces = np.stack([c.crop for c in extracted.crops])
         crops = [replace(c, crop=faces[i]) for i, c in enumerate(extracted.crops)]  # one copy of the pixels
-        scoring = _Scoring(item, key, leader, replace(extracted, crops=crops), frames, faces)
+        scoring = _Scoring(item, key, leader, replace(extracted, crops=crops), frames, faces, sampling)
         item.hold(self.face_budget, len(extracted.crops))
         metrics.FACES_IN_FLIGHT.set(self.face_budget.used)
         return scoring
@@ -306,13 +310,14 @@ class MediaPipeline:
             score_max=agg.score_max,
             threshold=self.model.threshold,
             frames_sampled=scoring.frames,
+            sampling=scoring.sampling,
             frames_with_faces=agg.frames_with_faces,
             faces_count=agg.faces_count,
             faces_dropped=extracted.dropped,
             faces=agg.faces,
             media_sha256=item.media_sha,
             model=self.model,
-            pipeline_version=PIPELINE_VERSION,
+            pipeline_version=self.pipeline_version,
             cached=False,
             timings_ms=item.timer.timings_ms,
         )

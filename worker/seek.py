@@ -68,6 +68,14 @@ class PacketIndex:
     def _positions(self) -> dict[int, int]:
         return {p: i for i, p in enumerate(self.pts)}
 
+    def rank_of(self, position: int) -> int:
+        """Presentation rank of the packet at decode position `position`."""
+        return self._ranks[position]
+
+    @functools.cached_property
+    def _ranks(self) -> dict[int, int]:
+        return {position: rank for rank, position in enumerate(self.by_rank)}
+
     def pts_of_rank(self, rank: int) -> int:
         return self.pts[self.by_rank[rank]]
 
@@ -79,6 +87,16 @@ class PacketIndex:
             if self.keyframe[k] and self.pts[k] <= target:
                 return k
         raise SeekUnreliable("no keyframe before the target")
+
+
+def keyframe_ranks(index: PacketIndex, ranks: list[int]) -> list[int]:
+    """Approximate sampling (`DecodeSettings.sampling = "keyframes"`): each rank alone in its keyframe interval
+    becomes the rank of that interval's keyframe; ranks sharing an interval are kept. The exact ranks come
+    back unchanged where the result would not be strictly ascending (an open GOP's leading frames)."""
+    keys = [index.keyframe_for(rank) for rank in ranks]
+    shared = {k for k in keys if keys.count(k) > 1}
+    out = [rank if key in shared else index.rank_of(key) for rank, key in zip(ranks, keys, strict=True)]
+    return out if all(a < b for a, b in itertools.pairwise(out)) else ranks
 
 
 def scan_packets(

@@ -82,6 +82,12 @@ class DecodeSettings(BaseModel):
     #: Fetch the sampled frames by seeking to the keyframe before each (same frames as a full decode, cost
     #: bounded by the samples, not the duration); False forces the single sequential pass (worker/decode.py).
     seek: bool = True
+    #: exact (default): the paper's N evenly spaced frames. keyframes (approximate, opt-in): on the seeking
+    #: path, a sample alone in its keyframe interval is replaced by that interval's keyframe (at most one
+    #: interval, 2 s in common encodes, earlier), so a long video costs about N keyframe decodes; samples
+    #: that share an interval stay exact, so short videos are unchanged. The verdict says which was used
+    #: (`sampling`), and the cache keeps the two apart (`worker.version.pipeline_version`).
+    sampling: Literal["exact", "keyframes"] = "exact"
     allowed_containers: list[str] = Field(
         default_factory=lambda: [
             "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi", "mpegts", "flv", "gif",

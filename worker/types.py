@@ -11,6 +11,9 @@ import numpy.typing as npt
 
 RGBImage = npt.NDArray[np.uint8]  # H x W x 3, RGB, uint8
 
+#: How a video's frames were chosen (DecodeSettings.sampling): the exact evenly spaced frames, or keyframes.
+Sampling = Literal["exact", "keyframes"]
+
 
 class Frame:
     """One sampled frame. `index` is its position in the decoded stream, `time_s` its presentation time.
@@ -50,6 +53,9 @@ class DecodedMedia:
     codec: str
     duration_s: float            # 0.0 for stills
     frame_count: int             # frames in the stream (estimated when the container does not say)
+    #: how the frames were chosen: "exact" (the N evenly spaced frames) or "keyframes" (DecodeSettings.sampling,
+    #: when the seeking path could apply it)
+    sampling: Sampling = "exact"
 
 
 @dataclass(frozen=True)

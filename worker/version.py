@@ -12,3 +12,8 @@ PREPROCESSING_VERSION = "align5-s1.3-224-rgb-v1"
 #: 4 best-scoring faces of at least 24 px, so a group photo's cached verdict would be wrong.
 FACE_SELECTION_VERSION = "faces2"
 PIPELINE_VERSION = f"dfmod-{__version__}+{PREPROCESSING_VERSION}+{FACE_SELECTION_VERSION}"
+
+
+def pipeline_version(sampling: str = "exact") -> str:
+    """`PIPELINE_VERSION` for a frame-sampling mode: approximate sampling gives other verdicts, so other cache keys."""
+    return PIPELINE_VERSION if sampling == "exact" else f"{PIPELINE_VERSION}+sampling-{sampling}"

@@ -285,3 +285,21 @@ def test_answered_items_are_not_kept_alive(settings: WorkerSettings, astronaut_p
     ours = {data.inline for data in distinct}  # other tests' pipelines may still hold their own items
     alive = [o for o in gc.get_objects() if isinstance(o, _Scoring) and o.item.data.inline in ours]
     assert len(alive) <= 1, f"{len(alive)} answered items still alive"  # at most the batcher's last batch
+
+
+def test_approximate_sampling_is_recorded_and_cached_apart(settings: WorkerSettings, astronaut_rgb: Any) -> None:
+    from tests.worker.test_seek import Clip, make_clip
+    from worker.version import PIPELINE_VERSION
+
+    clip = inline(make_clip(astronaut_rgb, Clip("mp4", "libx264")))
+    cache = DictCache()
+    settings.decode.frames = 5
+    exact = make(settings, FakeBackend(), cache=cache).process(clip)
+    assert (exact.sampling, exact.pipeline_version, exact.cached) == ("exact", PIPELINE_VERSION, False)
+    approximate_settings = settings.model_copy(deep=True)
+    approximate_settings.decode.sampling = "keyframes"
+    approximate = make(approximate_settings, FakeBackend(), cache=cache).process(clip)
+    assert approximate.sampling == "keyframes" and not approximate.cached  # not answered with the exact verdict
+    assert approximate.pipeline_version == f"{PIPELINE_VERSION}+sampling-keyframes"
+    again = make(approximate_settings, FakeBackend(), cache=cache).process(clip)
+    assert again.cached and again.sampling == "keyframes"

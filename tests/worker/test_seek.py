@@ -220,3 +220,42 @@ def test_a_video_at_the_duration_limit_is_sampled_by_seeking(clips: dict[str, by
     assert [f.index for f in media.frames] == even_indices(108_000, 32)
     for frame in media.frames:
         assert np.array_equal(frame.rgb, every[frame.index % 360]), frame.index
+
+
+def _keyframe_ranks_of(blob: bytes) -> list[int]:
+    """Presentation ranks of the keyframes, from a full decode (independent of the packet index)."""
+    with _read(blob) as full:
+        return [rank for rank, frame in enumerate(full.decode(video=0)) if frame.key_frame]
+
+
+@pytest.mark.parametrize("name", ["mp4 h264 b-frames", "mkv h264 b-frames", "webm vp9", "ts h264 b-frames"])
+def test_keyframe_sampling_moves_each_lone_sample_to_its_intervals_keyframe(clips: dict[str, bytes],
+                                                                          name: str) -> None:
+    blob = clips[name]
+    keyframes = _keyframe_ranks_of(blob)
+    exact = [f.index for f in decode_media(blob, DecodeSettings(frames=5)).frames]
+    assert len({rank // 30 for rank in exact}) == 5  # one sample in each of 5 of the 12 one-second intervals
+    want = [max(k for k in keyframes if k <= rank) for rank in exact]
+    assert want != exact
+    media = decode_media(blob, DecodeSettings(frames=5, sampling="keyframes"))
+    assert media.sampling == "keyframes"
+    assert [f.index for f in media.frames] == want
+    with _read(blob) as full:
+        every = [f.to_ndarray(format="rgb24") for f in full.decode(video=0)]
+    for frame in media.frames:
+        assert np.array_equal(frame.rgb, every[frame.index]), frame.index
+    assert media.frame_count == 360  # the stream is still described as it is
+
+
+def test_keyframe_sampling_keeps_samples_that_share_an_interval_exact(clips: dict[str, bytes]) -> None:
+    """32 samples over 12 intervals: every interval holds two or more, so nothing moves and the verdict says exact."""
+    blob = clips["mp4 h264 b-frames"]
+    approximate = decode_media(blob, DecodeSettings(sampling="keyframes"))
+    assert approximate.sampling == "exact"
+    assert_same_frames(approximate, decode_media(blob, DecodeSettings()))
+
+
+def test_keyframe_sampling_needs_the_seeking_path(clips: dict[str, bytes]) -> None:
+    blob = clips["mp4 h264 b-frames"]
+    sequential = decode_media(blob, DecodeSettings(frames=5, seek=False, sampling="keyframes"))
+    assert sequential.sampling == "exact" and [f.index for f in sequential.frames] == even_indices(360, 5)
