@@ -25,10 +25,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,7 @@ class Plan:
     cached_repeats: int
     bare_faces: int            # faces per batch size for the bare model
     limit_repeats: int = 0     # >0: also a 720p clip repeated to this many times 10 s (the duration limit)
+    idle_s: float = 12.0       # the worker's RSS is read again after this long idle (past one malloc_trim)
     worker_video: VideoSpec = WORKER_VIDEO
     cached_video: VideoSpec = CACHED_VIDEO
 
@@ -81,7 +83,7 @@ class Plan:
     def quick(cls) -> Plan:
         return cls(videos=[VideoSpec(s, d) for d in (2, 8) for s in ("480p", "720p", "1080p")], repeats=1,
                    stills=6, worker_videos=2, cached_repeats=3, bare_faces=8,
-                   worker_video=VideoSpec("480p", 2))
+                   worker_video=VideoSpec("480p", 2), idle_s=0.0)
 
 
 # -- 1. CPU per stage, in this process ------------------------------------------------------------------
@@ -104,10 +106,15 @@ class StageRow:
     align: float
     faces_found: int
     sequential: bool = True    # False: the sequential pass was not run (it would pass the decode timeout)
+    decode_keyframes: float = float("nan")  # DecodeSettings.sampling="keyframes" (approximate, opt-in)
 
     @property
     def total(self) -> float:
         return self.decode_seek + self.faces + self.align
+
+    @property
+    def total_keyframes(self) -> float:
+        return self.decode_keyframes + self.faces + self.align
 
 
 def _same_frames(a: DecodedMedia, b: DecodedMedia) -> bool:
@@ -140,12 +147,15 @@ def _measure(name: str, blob: bytes, repeats: int, detector: FaceDetector, faces
              sequential: bool) -> StageRow:
     seq: list[float] = []
     seek: list[float] = []
+    keyframes: list[float] = []
     detect: list[float] = []
     align: list[float] = []
     found: list[tuple[Any, Detection]] = []
     for _ in range(repeats):
         with cpu_timer(seek):
             seeking = decode_media(blob, DecodeSettings(seek=True))
+        with cpu_timer(keyframes):
+            decode_media(blob, DecodeSettings(seek=True, sampling="keyframes"))
         if sequential:
             with cpu_timer(seq):
                 reference = decode_media(blob, DecodeSettings(seek=False))
@@ -162,7 +172,7 @@ def _measure(name: str, blob: bytes, repeats: int, detector: FaceDetector, faces
                 align_face(rgb, points, faces.crop_size, faces.crop_scale)
     return StageRow(name, len(blob) / 1e6, statistics.median(seq) if seq else float("nan"),
                     statistics.median(seek), statistics.median(detect), statistics.median(align), len(found),
-                    sequential=sequential)
+                    sequential=sequential, decode_keyframes=statistics.median(keyframes))
 
 
 # -- 2. On the local stack ------------------------------------------------------------------------------
@@ -327,9 +337,40 @@ class WorkerFigures:
     cpu_per_still: float = 0.0
     cpu_per_video: float = 0.0
     cached_ms: list[float] = field(default_factory=list)
+    cached_ack_ms: list[float] = field(default_factory=list)    # producer send -> broker ack (the producer's part)
+    cached_after_ack_ms: list[float] = field(default_factory=list)  # broker ack -> verdict record (the worker's part)
     cached_stage_ms: list[float] = field(default_factory=list)  # the worker's own stages (verdict timings_ms)
     cached_mb: float = 0.0
     rss_mb: dict[str, float] = field(default_factory=dict)
+    rss_stills: list[float] = field(default_factory=list)  # sampled through the stills phase's last three quarters
+
+
+class RssSampler:
+    """RSS of a process every `period_s` on a thread: the phases' spread, not only their end points."""
+
+    def __init__(self, proc: ProcStat, period_s: float = 0.25) -> None:
+        self.proc, self.period_s = proc, period_s
+        self.samples: list[tuple[float, float]] = []  # (monotonic s, MB)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            try:
+                self.samples.append((time.monotonic(), self.proc.rss_mb()))
+            except OSError:
+                return
+
+    def between(self, start: float, end: float) -> list[float]:
+        return [mb for t, mb in self.samples if start <= t <= end]
 
 
 def worker_run(conn: dict[str, str], plan: Plan, stills: list[bytes], media_dir: Path, tmp: Path,
@@ -344,17 +385,22 @@ def worker_run(conn: dict[str, str], plan: Plan, stills: list[bytes], media_dir:
     topics = Topics.fresh(bootstrap, prefix="bench")
     worker = WorkerProcess({**conn, **topics.env()}, tmp / "worker.log")
     fig = WorkerFigures(cached_mb=len(cached) / 1e6)
+    closing = ExitStack()
     try:
         worker.start()
         assert worker.proc is not None
         proc = ProcStat(worker.proc.pid)
+        sampler = closing.enter_context(RssSampler(proc))
         fig.rss_mb["ready"] = proc.rss_mb()
         cpu0 = proc.cpu_s()
         triton0 = _triton_counters(conn)
         # the worker is ready and idle: from the first event record to the last verdict record is its work
+        phase_start = time.monotonic()
         produce(bootstrap, topics.events, _events(stills))
         sent = _records(bootstrap, topics.events, len(stills))
         done = _records(bootstrap, topics.verdicts, len(stills))
+        phase_end = time.monotonic()
+        fig.rss_stills = sampler.between(phase_start + (phase_end - phase_start) / 4, phase_end)
         busy = (max(ts for ts, _ in done.values()) - min(ts for ts, _ in sent.values())) / 1000.0
         hits = sum(1 for _, v in done.values() if v["data"].get("cached"))
         if hits:  # a cached or coalesced still never reaches the model: the faces/s would be inflated
@@ -386,24 +432,47 @@ def worker_run(conn: dict[str, str], plan: Plan, stills: list[bytes], media_dir:
         seen = len(stills) + len(videos) + 1
         _records(bootstrap, topics.verdicts, seen)
         repeats = _events([cached] * plan.cached_repeats)
-        for pair in repeats:
-            produce(bootstrap, topics.events, [pair])
-            time.sleep(0.25)
-        sent = _records(bootstrap, topics.events, seen + len(repeats))
+        acked = _send_one_by_one(bootstrap, topics.events, repeats)
         got = _records(bootstrap, topics.verdicts, seen + len(repeats))
         for key, _ in repeats:
             ts, verdict = got[key.decode()]
             if not verdict["data"].get("cached"):
                 raise RuntimeError("a repeat of the same bytes was not answered from the cache")
-            fig.cached_ms.append(ts - sent[key.decode()][0])
+            created, ack = acked[key.decode()]
+            fig.cached_ms.append(ts - created)
+            fig.cached_ack_ms.append(ack - created)
+            fig.cached_after_ack_ms.append(ts - ack)
             fig.cached_stage_ms.append(sum(float(v) for v in (verdict["data"].get("timings_ms") or {}).values()))
         fig.rss_mb["end"] = proc.rss_mb()
+        if plan.idle_s:
+            time.sleep(plan.idle_s)
+            fig.rss_mb[f"after {plan.idle_s:g} s idle"] = proc.rss_mb()
     except Exception:
         log(worker.log_tail())
         raise
     finally:
+        closing.close()
         worker.stop()
     return fig
+
+
+def _send_one_by_one(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> dict[str, tuple[int, float]]:
+    """Send each record alone from one long-lived producer (as a platform's would be), 0.25 s apart, waiting
+    for its ack: key -> (record timestamp ms, i.e. when it was sent; wall ms of the broker's ack)."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=0,
+                             max_request_size=16 * 1024 * 1024)
+    out: dict[str, tuple[int, float]] = {}
+    try:
+        producer.partitions_for(topic)  # metadata and connection first: not part of any record's latency
+        for key, value in records:
+            metadata = producer.send(topic, key=key, value=value).get(timeout=30)
+            out[key.decode()] = (metadata.timestamp, time.time() * 1000.0)
+            time.sleep(0.25)
+    finally:
+        producer.close(timeout=10)
+    return out
 
 
 # -- 3. Report ------------------------------------------------------------------------------------------
@@ -414,23 +483,38 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
 
 
-def report(args: argparse.Namespace, rows: list[StageRow], bare: dict[int, float], naive: float,
-           fig: WorkerFigures) -> str:
-    lines = [f"dfmod bench ({'quick' if args.quick else 'full'}) on {os.cpu_count()} CPUs; model {args.model} "
-             "(random init) on the local CPU Triton; face detector yunet",
-             "", "CPU s per video (32 sampled frames; H.264 mp4, 30 fps, 2 s GOP, 3 B-frames, moving face)"]
+def stage_table(rows: list[StageRow]) -> list[str]:
+    """Part 1's table: CPU s per video per stage, exact and keyframe sampling, and the long/short ratio."""
+    lines: list[str] = []
     header = (f"{'media':<14}{'MB':>7}{'decode seq':>12}{'decode seek':>13}{'seq/seek':>10}"
-              f"{'faces':>8}{'align':>8}{'total':>8}{'found':>7}")
+              f"{'faces':>8}{'align':>8}{'total':>8}{'found':>7}{'decode kf':>11}{'total kf':>10}")
     lines += [header, "-" * len(header)]
     for r in rows:
         seq = f"{r.decode_seq:>12.2f}{r.decode_seq / max(1e-9, r.decode_seek):>10.1f}" if r.sequential else (
             f"{'not run':>12}{'':>10}")
         lines.append(f"{r.name:<14}{r.mb:>7.2f}{seq[:12]}{r.decode_seek:>13.2f}{seq[12:]}{r.faces:>8.2f}"
-                     f"{r.align:>8.3f}{r.total:>8.2f}{r.faces_found:>7}")
+                     f"{r.align:>8.3f}{r.total:>8.2f}{r.faces_found:>7}{r.decode_keyframes:>11.2f}"
+                     f"{r.total_keyframes:>10.2f}")
     lines.append("total = decode seek + faces + align (the worker's CPU stages); found = faces detected in 32 frames")
+    lines.append("kf = decode.sampling=keyframes (approximate, opt-in: a sample alone in its keyframe interval takes "
+                 "the keyframe); total kf reuses the exact frames' faces and align")
+    by_name = {r.name: r for r in rows}
+    short, long = by_name.get(f"720p {_seconds(rows, 'short')} s"), by_name.get(f"720p {_seconds(rows, 'long')} s")
+    if short is not None and long is not None and short is not long:
+        lines.append(f"{long.name} / {short.name} CPU: exact {long.total / short.total:.2f}x, "
+                     f"keyframes {long.total_keyframes / short.total_keyframes:.2f}x (target <= 1.3x)")
     if any(not r.sequential for r in rows):
         lines.append("720p 3600 s (the duration limit): a 10 s clip's closed GOPs repeated; its sequential pass "
                      "(~12x the 300 s one) is not run")
+    return lines
+
+
+def report(args: argparse.Namespace, rows: list[StageRow], bare: dict[int, float], naive: float,
+           fig: WorkerFigures) -> str:
+    lines = [f"dfmod bench ({'quick' if args.quick else 'full'}) on {os.cpu_count()} CPUs; model {args.model} "
+             "(random init) on the local CPU Triton; face detector yunet",
+             "", "CPU s per video (32 sampled frames; H.264 mp4, 30 fps, 2 s GOP, 3 B-frames, moving face)"]
+    lines += stage_table(rows)
     best = max(bare, key=bare.__getitem__)
     cached = fig.cached_ms
     lines += [
@@ -447,9 +531,13 @@ def report(args: argparse.Namespace, rows: list[StageRow], bare: dict[int, float
         f"  worker CPU s per still / per {args.plan.worker_video.name} video: "
         f"{fig.cpu_per_still:.3f} / {fig.cpu_per_video:.2f} (whole process, /proc)",
         f"  cached repeat, {fig.cached_mb:.2f} MB inline video, event -> verdict: "
-        f"p50 {statistics.median(cached):.0f} ms, p95 {_pct(cached, 0.95):.0f} ms ({len(cached)} repeats; "
-        f"the worker's own stages p50 {statistics.median(fig.cached_stage_ms):.1f} ms)",
+        f"p50 {statistics.median(cached):.0f} ms, p95 {_pct(cached, 0.95):.0f} ms ({len(cached)} repeats, one "
+        "long-lived producer)",
+        f"    of it, p50: producer send -> broker ack {statistics.median(fig.cached_ack_ms):.0f} ms; broker ack -> "
+        f"verdict {statistics.median(fig.cached_after_ack_ms):.0f} ms (p95 {_pct(fig.cached_after_ack_ms, 0.95):.0f});"
+        f" the worker's own stages {statistics.median(fig.cached_stage_ms):.1f} ms",
         "  worker RSS MB: " + ", ".join(f"{k} {v:.0f}" for k, v in fig.rss_mb.items()),
+        _rss_spread(fig.rss_stills),
         "", f"sizing: vCPUs of workers per GPU, assuming {GPU_FACES_PER_S:.0f} faces/s per GPU "
         f"(an H200 on ViT-L/14: an assumption, not measured here) = {GPU_FACES_PER_S / FACES_PER_VIDEO:.0f} "
         "videos/s of 32 faces",
@@ -465,6 +553,23 @@ def report(args: argparse.Namespace, rows: list[StageRow], bare: dict[int, float
     lines.append(f"  {'worker, stills':<14} {fig.cpu_per_still:6.3f} CPU s/still -> "
                  f"{GPU_FACES_PER_S * fig.cpu_per_still:7.0f} vCPUs (1 face per still)")
     return "\n".join(lines)
+
+
+def _rss_spread(samples: list[float]) -> str:
+    if not samples:
+        return "  worker RSS through the stills phase: no samples (phase too short)"
+    mean = statistics.fmean(samples)
+    return (f"  worker RSS through the stills phase after its first quarter: {min(samples):.0f}-{max(samples):.0f} MB,"
+            f" {100 * (max(samples) - mean) / mean:+.0f} % / {100 * (min(samples) - mean) / mean:+.0f} % around "
+            f"its mean ({len(samples)} samples; target within +-10 %)")
+
+
+def _seconds(rows: list[StageRow], which: str) -> int:
+    """The shortest or longest duration among the 720p clips (10 and 300 s in the full plan)."""
+    durations = [int(r.name.split()[1]) for r in rows if r.name.startswith("720p ") and r.sequential]
+    if not durations:
+        return 0
+    return min(durations) if which == "short" else max(durations)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -525,8 +630,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report_stages_only(rows: list[StageRow]) -> str:
-    return "\n".join(f"{r.name:<14} decode {r.decode_seq:.2f} -> {r.decode_seek:.2f}  faces {r.faces:.2f}  "
-                     f"align {r.align:.3f}  total {r.total:.2f} CPU s" for r in rows)
+    return "\n".join(["CPU s per video (32 sampled frames; H.264 mp4, 30 fps, 2 s GOP, 3 B-frames, moving face)",
+                      *stage_table(rows)])
 
 
 if __name__ == "__main__":
