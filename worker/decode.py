@@ -250,7 +250,7 @@ def _seek_picks(
     try:
         planned = [p.index for p in picks]
         if settings.sampling == "keyframes":
-            ranks = keyframe_ranks(index, [p.index for p in picks])
+            ranks = keyframe_ranks(index, planned)
             picks = [p if p.index == r else _Picked(index=r, time_s=max(0.0, _frame_time(
                 index.pts_of_rank(r), r, start, base, rate)), frame=None) for p, r in zip(picks, ranks, strict=True)]
         frames = decode_ranks(container, stream, index, [p.index for p in picks], deadline, settings.timeout_s)

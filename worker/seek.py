@@ -21,6 +21,7 @@ pick are still those of the frame at that timestamp.
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import time
@@ -91,10 +92,11 @@ class PacketIndex:
 
 def keyframe_ranks(index: PacketIndex, ranks: list[int]) -> list[int]:
     """Approximate sampling (`DecodeSettings.sampling = "keyframes"`): each rank alone in its keyframe interval
-    becomes the rank of that interval's keyframe; ranks sharing an interval are kept. The exact ranks come
-    back unchanged where the result would not be strictly ascending (an open GOP's leading frames)."""
+    becomes the rank of that interval's keyframe; ranks sharing an interval are kept. Should the result not be
+    strictly ascending (`keyframe_for` rules it out; this guards the decode loop's contract), the exact ranks
+    come back unchanged."""
     keys = [index.keyframe_for(rank) for rank in ranks]
-    shared = {k for k in keys if keys.count(k) > 1}
+    shared = {k for k, n in collections.Counter(keys).items() if n > 1}
     out = [rank if key in shared else index.rank_of(key) for rank, key in zip(ranks, keys, strict=True)]
     return out if all(a < b for a, b in itertools.pairwise(out)) else ranks
 
