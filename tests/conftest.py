@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from worker.cli.demo_media import load_rgb
+from worker.core.types import RGBImage
 from worker.faces.factory import PACKAGED_WEIGHTS_DIR
-from worker.samples import load_rgb
-from worker.types import RGBImage
 
 SCRFD_FILE = "scrfd_500m_bnkps.onnx"
 _REPO = Path(__file__).resolve().parents[1]

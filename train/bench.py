@@ -24,7 +24,7 @@ import torch
 from train.export import DEFAULT_OPSET, export_onnx
 from train.factory import ARCHES, RANDOM_INIT, create_detector
 from train.model import IMAGE_SIZE, ServingModel
-from worker.model_config import INPUT_NAME, OUTPUT_NAMES
+from worker.core.model_config import INPUT_NAME, OUTPUT_NAMES
 
 
 @dataclass

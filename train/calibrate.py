@@ -2,7 +2,7 @@
 
 The threshold is the lowest score at which the validation FPR stays <= the target (so the TPR is as high
 as that constraint allows); video level by default because the worker labels media by the mean of its
-frames, by the worker's own rule (`worker.aggregate.media_score`). The result goes into the checkpoint's
+frames, by the worker's own rule (`worker.scoring.aggregate.media_score`). The result goes into the checkpoint's
 ``extra`` (``threshold``, ``uncertain_band`` and a ``calibration`` record), which `export` writes into
 the Triton model config.
 

@@ -23,7 +23,7 @@ import torch
 
 from train.factory import OPENAI, RANDOM_INIT, create_detector, file_provenance, sha256_file
 from train.model import DeepfakeDetector
-from worker.version import PREPROCESSING_VERSION
+from worker.core.version import PREPROCESSING_VERSION
 
 FORMAT = "dfmod-ln-tuning/1"
 SCOPE_TRAINABLE = "trainable"  # LayerNorms + head; the backbone is rebuilt (absent key = this, as before)

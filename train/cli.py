@@ -29,7 +29,7 @@ def _version() -> str:
     try:
         return version("dfmod")
     except PackageNotFoundError:
-        from worker.version import __version__
+        from worker.core.version import __version__
 
         return __version__
 

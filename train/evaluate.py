@@ -3,7 +3,7 @@
 Writes ``metrics.json``, ``frame_scores.csv`` (one row per crop, for later analysis) and PNG plots (ROC
 curves, score histograms) into the output folder, and prints a table. The accuracy threshold is the
 checkpoint's calibrated ``extra["threshold"]`` when present, else 0.5; items within its uncertain band
-are counted (``n_uncertain``). Video scores follow the worker's rule (`worker.aggregate.media_score`).
+are counted (``n_uncertain``). Video scores follow the worker's rule (`worker.scoring.aggregate.media_score`).
 ``metrics.json`` also records the checkpoint's recipe and training config, so a number can always be
 traced back to how the model was trained.
 """

@@ -23,7 +23,7 @@ import torch
 from train.checkpoint import load_checkpoint
 from train.factory import ARCHES, RANDOM_INIT, create_detector
 from train.model import IMAGE_SIZE, DeepfakeDetector, ServingModel, parameter_breakdown
-from worker.model_config import (
+from worker.core.model_config import (
     CROP_SHAPE,
     INPUT_NAME,
     MODEL_NAME,
@@ -32,7 +32,7 @@ from worker.model_config import (
     OUTPUT_NAMES,
     config_text,
 )
-from worker.version import PREPROCESSING_VERSION
+from worker.core.version import PREPROCESSING_VERSION
 
 __all__ = ["MODEL_NAME", "ExportReport", "ParityError", "export_onnx", "export_repository", "render_config"]
 
@@ -191,7 +191,7 @@ def placement_problem(config_text: str, gpus: int) -> str | None:
     """
     from tritonclient.grpc import model_config_pb2 as pb
 
-    from worker.model_config import parse_config
+    from worker.core.model_config import parse_config
 
     config = parse_config(config_text)
     if gpus > 0:

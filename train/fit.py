@@ -478,7 +478,7 @@ class Trainer:
         path = self.cfg.out / run_folder.RUN_JSON
         doc: dict[str, Any] = run_folder.read_json(path) if resumed and path.is_file() else {}
         now = datetime.now(UTC).isoformat(timespec="seconds")
-        from worker.version import __version__
+        from worker.core.version import __version__
 
         doc.setdefault("started", now)
         doc.update(

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from worker.aggregate import label_for, media_score
+from worker.scoring.aggregate import label_for, media_score
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -130,7 +130,7 @@ def fpr_tpr_at(scores: npt.ArrayLike, labels: npt.ArrayLike, threshold: float) -
 def video_scores(
     frame_scores: npt.ArrayLike, video_ids: Sequence[str], frame_indices: Sequence[int] | None = None
 ) -> tuple[list[str], FloatArray]:
-    """Video score by the worker's rule (`worker.aggregate.media_score`): max over a frame's faces, mean
+    """Video score by the worker's rule (`worker.scoring.aggregate.media_score`): max over a frame's faces, mean
     over frames. Without `frame_indices` every crop counts as its own frame. Ids in first-seen order."""
     s = np.asarray(frame_scores, dtype=np.float64).ravel()
     if s.size != len(video_ids):
@@ -197,7 +197,7 @@ def eer_interpolated(scores: npt.ArrayLike, labels: npt.ArrayLike) -> float:
 
 
 def count_uncertain(scores: npt.ArrayLike, threshold: float, band: float) -> int:
-    """Items the worker would label `uncertain` (`worker.aggregate.label_for`) at this threshold and band."""
+    """Items the worker would label `uncertain` (`worker.scoring.aggregate.label_for`) at this threshold and band."""
     s = np.asarray(scores, dtype=np.float64).ravel()
     return sum(1 for v in s.tolist() if label_for(v, threshold, band) == "uncertain")
 

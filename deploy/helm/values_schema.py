@@ -1,6 +1,6 @@
 """Generate deploy/helm/dfmod/values.schema.json, the schema Helm checks every values file against.
 
-Why generated: `worker.settings` mirrors `worker.settings.WorkerSettings` field by field, and a schema
+Why generated: `worker.settings` mirrors `worker.core.settings.WorkerSettings` field by field, and a schema
 written by hand would drift from it. Every object of ours is closed (`additionalProperties: false`), so a
 typo such as `worker.setings` or `worker.settings.decode.frame` fails `helm install` instead of being
 silently ignored. Kubernetes objects passed through verbatim (affinity, volumes, env) are only typed
@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr, TypeAdapter
 
-from worker.settings import WorkerSettings
+from worker.core.settings import WorkerSettings
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "dfmod" / "values.schema.json"
 

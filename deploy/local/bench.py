@@ -39,14 +39,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_media import VideoSpec, distinct_stills, repeated, video
 from harness import BIN, Stack, Topics, WorkerProcess, astronaut_png, produce, read_env_file
 
-from worker.decode import decode_media
+from worker.cli.demo_media import load_rgb
+from worker.cli.produce import inline_event
+from worker.core.settings import DecodeSettings, FaceSettings
+from worker.core.types import DecodedMedia, Detection, FaceDetector
 from worker.faces.align import align_face, landmarks_from_box
 from worker.faces.extract import extract_faces
 from worker.faces.factory import create_detector
-from worker.produce import inline_event
-from worker.samples import load_rgb
-from worker.settings import DecodeSettings, FaceSettings
-from worker.types import DecodedMedia, Detection, FaceDetector
+from worker.media.decode import decode_media
 
 #: The issue's planning figure for one H200 running ViT-L/14: an assumption, not a measurement of ours.
 GPU_FACES_PER_S = 3000.0
@@ -409,7 +409,7 @@ def worker_run(conn: dict[str, str], plan: Plan, stills: list[bytes], media_dir:
         fig.faces = sum(int(v["data"].get("faces_count") or 0) for _, v in done.values())
         fig.faces_per_s = fig.faces / max(1e-9, busy)
         fig.cpu_per_still = (proc.cpu_s() - cpu0) / len(stills)
-        fig.mean_batch = _batch_mean(worker.metrics())
+        fig.mean_batch = _batch_mean(worker.obs.metrics())
         triton1 = _triton_counters(conn)
         if triton0 and triton1:
             delta = {k: triton1[k] - triton0.get(k, 0.0) for k in triton1}

@@ -17,8 +17,8 @@ import av
 import cv2
 import numpy as np
 
-from worker.samples import encode_image
-from worker.types import RGBImage
+from worker.cli.demo_media import encode_image
+from worker.core.types import RGBImage
 
 HEIGHTS = {"480p": (854, 480), "720p": (1280, 720), "1080p": (1920, 1080)}
 FPS = 30

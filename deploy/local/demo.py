@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import REPO, Stack, Topics, WorkerProcess, astronaut_png, collect, export_standin
 
-from worker.produce import event_for_file, produce_events
-from worker.samples import corrupt, load_rgb, pan_zoom_video
-from worker.settings import KafkaSettings
+from worker.cli.demo_media import corrupt, load_rgb, pan_zoom_video
+from worker.cli.produce import event_for_file, produce_events
+from worker.core.settings import KafkaSettings
 
 DEMO_DIR = REPO / ".demo"
 MODEL_REPO = REPO / "triton_models"

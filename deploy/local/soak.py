@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import Stack, Topics, WorkerProcess, astronaut_png, export_standin, produce
 
-from worker.samples import encode_image, load_rgb
+from worker.cli.demo_media import encode_image, load_rgb
 
 
 @dataclass

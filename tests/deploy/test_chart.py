@@ -27,8 +27,8 @@ import yaml
 from prometheus_client import REGISTRY
 from pydantic import BaseModel
 
-import worker.metrics  # noqa: F401  (registers the worker's metrics in REGISTRY)
-from worker.settings import WorkerSettings
+import worker.obs.metrics  # noqa: F401  (registers the worker's metrics in REGISTRY)
+from worker.core.settings import WorkerSettings
 
 from .conftest import Tools
 
@@ -466,7 +466,7 @@ def test_alerts_and_docs_use_metrics_the_worker_exports(production: list[Manifes
     exported = _exported_metric_names()
     rules = yaml.safe_dump(one(production, "PrometheusRule", RELEASE))
     used = set(re.findall(r"\bdfmod_[a-z_]+", rules + (REPO / "docs" / "deploy.md").read_text()))
-    assert used and used <= exported, f"not exported by worker/metrics.py: {sorted(used - exported)}"
+    assert used and used <= exported, f"not exported by worker/obs/metrics.py: {sorted(used - exported)}"
 
 
 def test_notes_render(tools: Tools) -> None:

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-import worker.metrics  # noqa: F401  (registers the worker's metrics)
+import worker.obs.metrics  # noqa: F401  (registers the worker's metrics)
 
 from .conftest import Tools
 from .test_chart import CHART, NAMESPACE, PRODUCTION, RELEASE, REPO, Manifest, one, parse, run, template

@@ -10,7 +10,7 @@ from typing import Any
 
 from harness import astronaut_png
 
-from worker.samples import corrupt, encode_image, load_rgb, mosaic, pan_zoom_video
+from worker.cli.demo_media import corrupt, encode_image, load_rgb, mosaic, pan_zoom_video
 
 ASTRONAUT = astronaut_png()
 

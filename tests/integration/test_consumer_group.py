@@ -6,8 +6,8 @@ import time
 
 from harness import Topics
 
-from worker.consume import EventConsumer
-from worker.settings import KafkaSettings
+from worker.core.settings import KafkaSettings
+from worker.stream.consumer import EventConsumer
 
 
 def _consumer(bootstrap: str, topics: Topics) -> EventConsumer:

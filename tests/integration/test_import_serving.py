@@ -18,9 +18,9 @@ from harness import Stack, Topics, collect, produce
 
 from train.model import normalise
 from train.released import standins
+from worker.core.settings import TritonSettings
 from worker.infer.base import infer_blocking
 from worker.infer.triton import TritonBackend
-from worker.settings import TritonSettings
 
 from . import media
 from .conftest import REPO, WorkerFactory
@@ -53,7 +53,7 @@ def own_triton(tmp_path: Path) -> Iterator[tuple[Stack, Path]]:
 
 def _unique_portrait(shared_dir: Path) -> bytes:
     """The suite's portrait with one random pixel: bytes no other test sent to the session's Redis."""
-    from worker.samples import encode_image, load_rgb
+    from worker.cli.demo_media import encode_image, load_rgb
 
     rgb = load_rgb(shared_dir / "fixtures" / "astronaut.png").copy()
     rgb[0, 0] = np.random.default_rng().integers(0, 256, 3, dtype=np.uint8)

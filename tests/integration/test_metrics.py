@@ -8,8 +8,8 @@ import urllib.request
 from harness import Topics, collect, produce
 from prometheus_client.parser import text_string_to_metric_families
 
-from worker.consume import EventConsumer
-from worker.settings import KafkaSettings
+from worker.core.settings import KafkaSettings
+from worker.stream.consumer import EventConsumer
 
 from . import media
 from .conftest import WorkerFactory

@@ -7,10 +7,10 @@ import torch
 
 from train.factory import create_detector
 from train.model import ServingModel
+from worker.core.settings import TritonSettings
+from worker.core.version import PREPROCESSING_VERSION
 from worker.infer.base import infer_blocking
 from worker.infer.triton import TritonBackend
-from worker.settings import TritonSettings
-from worker.version import PREPROCESSING_VERSION
 
 
 def test_triton_matches_pytorch_and_carries_the_model_parameters(conn: dict[str, str]) -> None:

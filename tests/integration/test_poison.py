@@ -13,9 +13,9 @@ from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.v1.event import CloudEvent
 from harness import Headers, Topics, WorkerProcess, collect_with_headers, produce, produce_with_headers
 
-from tests.worker.test_probe import png_bomb
-from worker.samples import encode_image, mosaic
-from worker.types import RGBImage
+from tests.worker.media.test_image_header import png_bomb
+from worker.cli.demo_media import encode_image, mosaic
+from worker.core.types import RGBImage
 
 from . import media
 from .conftest import WorkerFactory

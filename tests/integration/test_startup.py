@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from harness import BIN, Stack, Topics, free_port, produce
 
-from worker.model_config import config_text, parse_config
-from worker.produce import inline_event
+from worker.cli.produce import inline_event
+from worker.core.model_config import config_text, parse_config
 
 from . import media
 

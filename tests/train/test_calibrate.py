@@ -125,9 +125,9 @@ def test_calibration_warns_and_records_when_val_has_too_few_reals(
 
 
 def test_training_video_scores_follow_the_worker_rule(tmp_path: Path) -> None:
-    """Two faces in one frame: the frame counts once, by its most suspicious face (worker.aggregate)."""
+    """Two faces in one frame: the frame counts once, by its most suspicious face (worker.scoring.aggregate)."""
     from train.evaluate import by_dataset
-    from worker.aggregate import media_score
+    from worker.scoring.aggregate import media_score
 
     rng = np.random.default_rng(0)
     recs = []

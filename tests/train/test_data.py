@@ -255,9 +255,9 @@ def media_folder(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path) -> 
 def test_prepare_crops_are_the_workers_crops(media_folder: Path, shared_dir: Path, tmp_path: Path) -> None:
     from train.cli import main
     from train.data.prepare import decode_settings, face_settings, select_faces
-    from worker.decode import decode_media
     from worker.faces.extract import extract_faces
     from worker.faces.factory import create_detector
+    from worker.media.decode import decode_media
 
     out = tmp_path / "prepared"
     weights = shared_dir / "models"

@@ -23,8 +23,8 @@ from train.checkpoint import save_checkpoint
 from train.export import MODEL_NAME, ExportReport, ParityError, export_repository, render_config
 from train.factory import create_detector
 from train.model import DeepfakeDetector, ServingModel
-from worker.model_config import parse_parameters
-from worker.version import PREPROCESSING_VERSION
+from worker.core.model_config import parse_parameters
+from worker.core.version import PREPROCESSING_VERSION
 
 
 def _faces(n: int, seed: int) -> np.ndarray:
@@ -72,7 +72,7 @@ def test_config_is_valid_triton_config_with_the_contract(exported: ExportReport)
     assert all(o.data_type == model_config_pb2.TYPE_FP32 for o in cfg.output)
     assert cfg.HasField("dynamic_batching")
     assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_AUTO  # --device auto
-    # the worker's reader (worker.model_config) sees exactly what Triton's schema parses
+    # the worker's reader (worker.core.model_config) sees exactly what Triton's schema parses
     params = parse_parameters(text)
     assert params == {k: v.string_value for k, v in cfg.parameters.items()}
     assert params["threshold"] == "0.42" and params["uncertain_band"] == "0.1"

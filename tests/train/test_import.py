@@ -23,7 +23,7 @@ from train.model import normalise
 from train.released import formats, standins
 from train.released.command import import_release
 from train.released.errors import ReleaseError
-from worker.model_config import MODEL_NAME, parse_parameters
+from worker.core.model_config import MODEL_NAME, parse_parameters
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = "dfmod/clip-vit-tiny"  # the backbone name of dfmod's `tiny` arch (train/released/hf_clip.py)

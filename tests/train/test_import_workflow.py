@@ -14,7 +14,7 @@ from train.data.manifest import CropRecord, write_manifest
 from train.evaluate import evaluate
 from train.released import standins
 from train.released.command import import_release
-from worker.model_config import MODEL_NAME, parse_parameters
+from worker.core.model_config import MODEL_NAME, parse_parameters
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -147,7 +147,7 @@ def test_summary_names_both_metrics_and_counts_the_uncertain_band() -> None:
 
 
 def test_video_scores_use_the_workers_rule() -> None:
-    from worker.aggregate import media_score
+    from worker.scoring.aggregate import media_score
 
     # video a: frame 0 has two faces (max 0.9), frame 1 one face (0.1) -> mean of frame maxima 0.5
     ids, v = metrics.video_scores([0.2, 0.9, 0.1, 0.7], ["a", "a", "a", "b"], frame_indices=[0, 0, 1, 0])

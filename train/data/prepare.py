@@ -28,12 +28,12 @@ from tqdm import tqdm
 from train.data.manifest import CropRecord, write_manifest
 from train.data.readers import FORMATS, MediaItem, read_source
 from train.data.splits import assign_splits
-from worker.decode import decode_media
-from worker.errors import MediaError
+from worker.core.errors import MediaError
+from worker.core.settings import DecodeSettings, FaceSettings, WorkerSettings
+from worker.core.types import FaceCrop, FaceDetector
 from worker.faces.extract import drain, extract_faces
 from worker.faces.factory import create_detector
-from worker.settings import DecodeSettings, FaceSettings, WorkerSettings
-from worker.types import FaceCrop, FaceDetector
+from worker.media.decode import decode_media
 
 NO_FACE_NAME = "no_face.jsonl"
 CROPS_DIR = "crops"
@@ -128,7 +128,7 @@ class MediaProcessor:
             result.reason = f"decode_failed: {type(exc).__name__}: {exc}"
             return result
         result.frames_sampled = len(media.frames)
-        try:  # frames are converted to RGB as the faces stage reads them (worker.types.Frame)
+        try:  # frames are converted to RGB as the faces stage reads them (worker.core.types.Frame)
             crops = extract_faces(drain(media.frames), self.detector, self.faces)
         except MediaError as exc:
             result.reason = f"decode_failed: {exc.message}"

@@ -50,9 +50,9 @@ def _triton_stage(repo: Path, faces: np.ndarray, work: Path) -> np.ndarray:
     sys.path.insert(0, str(REPO / "deploy" / "local"))
     from harness import Stack  # type: ignore[import-not-found]
 
+    from worker.core.settings import TritonSettings
     from worker.infer.base import infer_blocking
     from worker.infer.triton import TritonBackend
-    from worker.settings import TritonSettings
 
     stack = Stack(stack_dir=work / "stack", model_repo=repo)
     try:

@@ -28,7 +28,7 @@ except ImportError as e:  # say what is missing and where the list is, instead o
     ) from e
 
 # The contract's names and shapes are not spelled here: they come from the config.pbtxt Triton hands to
-# initialize() (written by `dfmod-train export` from worker.model_config, the one place they are defined).
+# initialize() (written by `dfmod-train export` from worker.core.model_config, the one place they are defined).
 
 
 def _providers(kind: str, device_id: str) -> list[Any]:

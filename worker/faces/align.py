@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from worker.types import RGBImage
+from worker.core.types import RGBImage
 
 Points = npt.NDArray[np.floating]
 

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from worker.settings import FaceSettings
-from worker.types import Detection, RGBImage
+from worker.core.settings import FaceSettings
+from worker.core.types import Detection, RGBImage
 
 
 def downscale(rgb: RGBImage, max_side: int) -> tuple[RGBImage, float, float]:

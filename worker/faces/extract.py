@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from worker.core.settings import FaceSettings
+from worker.core.types import Detection, FaceCrop, FaceDetector, Frame
 from worker.faces.align import align_face, landmarks_from_box
-from worker.settings import FaceSettings
-from worker.types import Detection, FaceCrop, FaceDetector, Frame
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,11 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from worker.core.settings import FaceSettings
+from worker.core.types import Detection, FaceDetector, RGBImage
 from worker.faces.haar import HaarDetector, cascade_candidates, require_cascade_classifier
 from worker.faces.scrfd import ScrfdDetector
 from worker.faces.yunet import YuNetDetector
-from worker.settings import FaceSettings
-from worker.types import Detection, FaceDetector, RGBImage
 
 WEIGHTS_SETTING = "DFMOD_FACES__WEIGHTS_DIR"
 #: The default detector's weights ship as package data (YuNet, Apache-2.0; README.md and NOTICE there).

@@ -19,9 +19,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from worker.core.settings import FaceSettings
+from worker.core.types import Detection, RGBImage
 from worker.faces.common import downscale, filter_detections, make_detection, to_source
-from worker.settings import FaceSettings
-from worker.types import Detection, RGBImage
 
 HAAR_FILE = "haarcascade_frontalface_default.xml"
 _WEIGHT_OFFSET = 2.0

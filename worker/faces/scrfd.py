@@ -17,9 +17,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from worker.core.settings import FaceSettings
+from worker.core.types import Detection, RGBImage
 from worker.faces.common import filter_detections, make_detection
-from worker.settings import FaceSettings
-from worker.types import Detection, RGBImage
 
 
 class ScrfdDetector:

@@ -12,9 +12,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from worker.core.settings import FaceSettings
+from worker.core.types import Detection, RGBImage
 from worker.faces.common import downscale, filter_detections, make_detection, to_source
-from worker.settings import FaceSettings
-from worker.types import Detection, RGBImage
 
 _TOP_K = 5000
 

@@ -14,9 +14,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from worker.contracts import ModelInfo
-from worker.model_config import CROP_SHAPE, INPUT_NAME, OUTPUT_EMBEDDING, OUTPUT_FAKE_PROB  # noqa: F401 (re-exported)
-from worker.types import Scores
+from worker.core.contracts import ModelInfo
+from worker.core.model_config import CROP_SHAPE, INPUT_NAME, OUTPUT_EMBEDDING, OUTPUT_FAKE_PROB  # noqa: F401 (re-exported)
+from worker.core.types import Scores
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class BatchLimits:
 
 
 def limits_from_config(config: Any, max_in_flight: int) -> BatchLimits:
-    """`BatchLimits` of a Triton `ModelConfig` message (see `worker.model_config.parse_config`)."""
+    """`BatchLimits` of a Triton `ModelConfig` message (see `worker.core.model_config.parse_config`)."""
     return BatchLimits(
         max_batch_size=int(config.max_batch_size),
         preferred_batch_sizes=tuple(int(b) for b in config.dynamic_batching.preferred_batch_size),

@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from worker.contracts import ModelInfo
+from worker.core.contracts import ModelInfo
+from worker.core.types import Scores
 from worker.infer.base import (
     BatchLimits,
     InferenceError,
@@ -21,7 +22,6 @@ from worker.infer.base import (
     deliver,
     scores_from_outputs,
 )
-from worker.types import Scores
 
 #: Maps a checked uint8 (N, 224, 224, 3) batch to (fake_prob [N], embedding [N, D]).
 Handler = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]

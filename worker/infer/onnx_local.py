@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.contracts import ModelInfo
+from worker.core.contracts import ModelInfo
+from worker.core.model_config import model_info_from_parameters, parse_config, parse_model_name, parse_parameters
+from worker.core.types import Scores
 from worker.infer.base import (
     INPUT_NAME,
     OUTPUT_EMBEDDING,
@@ -28,8 +30,6 @@ from worker.infer.base import (
     limits_from_config,
     scores_from_outputs,
 )
-from worker.model_config import model_info_from_parameters, parse_config, parse_model_name, parse_parameters
-from worker.types import Scores
 
 log = logging.getLogger(__name__)
 

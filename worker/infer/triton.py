@@ -15,7 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from worker.contracts import ModelInfo
+from worker.core.contracts import ModelInfo
+from worker.core.model_config import config_from_json, model_info_from_parameters, parameters_from_config_json
+from worker.core.retry import Backoff, GaveUp, retry_call
+from worker.core.settings import TritonSettings
 from worker.infer.base import (
     INPUT_NAME,
     OUTPUT_EMBEDDING,
@@ -29,9 +32,6 @@ from worker.infer.base import (
     limits_from_config,
     scores_from_outputs,
 )
-from worker.model_config import config_from_json, model_info_from_parameters, parameters_from_config_json
-from worker.retry import Backoff, GaveUp, retry_call
-from worker.settings import TritonSettings
 
 log = logging.getLogger(__name__)
 

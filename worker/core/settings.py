@@ -1,0 +1,225 @@
+"""Every worker setting, in one place.
+
+Environment variables use the prefix ``DFMOD_`` and ``__`` between levels, for example
+``DFMOD_KAFKA__BOOTSTRAP_SERVERS=broker:9092`` or ``DFMOD_FACES__BACKEND=scrfd``. Lists are JSON
+(``DFMOD_FETCH__ALLOW_HOSTS='["10.0.0.0/8"]'``). `dfmod settings` prints the effective values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Scheme = Literal["http", "https", "s3", "file"]
+
+
+class KafkaSettings(BaseModel):
+    """Broker connection, topics and consumer-group behaviour."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    events_topic: str = "media.events"
+    verdicts_topic: str = "media.verdicts"
+    dlq_topic: str = "media.events.dlq"
+    #: Events whose origin failed transiently wait here for their next attempt (retry-topic convention).
+    retry_topic: str = "media.events.retry"
+    group_id: str = "dfmod-worker"
+    client_id: str = "dfmod-worker"
+    #: Static membership (KIP-345): a stable name per pod (e.g. the StatefulSet pod name). A restarted
+    #: member with the same name takes its partitions back without a rebalance. Empty: dynamic member.
+    group_instance_id: str | None = None
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    max_poll_records: int = 32
+    session_timeout_ms: int = 30_000
+    #: How often the consumer refreshes topic metadata (kafka-python's default is 5 min). A group whose
+    #: leader joined before a new topic's partitions had leaders assigns nothing until its next refresh
+    #: ("No partition metadata" from the sticky assignor); a refresh that finds them triggers a rejoin. It
+    #: also picks up partitions added to the events topic within this time.
+    metadata_max_age_ms: int = 30_000
+    max_poll_interval_ms: int = 300_000
+    commit_interval_s: float = 1.0
+    #: On a revocation, how long the loop waits for the revoked partitions' in-flight work before it
+    #: commits what is done and lets them go (the rest is redone by the next owner).
+    revoke_wait_s: float = 10.0
+    #: How long `dfmod worker` start-up waits for the brokers to answer before it exits (code 15).
+    ready_timeout_s: float = 60.0
+    #: The broker's `message.max.bytes`: producers' max request size, and the cap on DLQ payloads.
+    max_message_bytes: int = 1_048_576
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+
+class FetchSettings(BaseModel):
+    """Where media may come from, and how much of it we accept (the SSRF guard lives here)."""
+
+    max_bytes: int = 200 * 1024 * 1024
+    #: Decoded size of `data.inline`; the event must also fit the broker's message limit.
+    max_inline_bytes: int = 8 * 1024 * 1024
+    timeout_s: float = 20.0
+    allow_schemes: list[Scheme] = Field(default_factory=lambda: list[Scheme](["https", "http"]))
+    #: Roots under which file:// URIs may point (only when "file" is in allow_schemes).
+    file_roots: list[Path] = Field(default_factory=list)
+    #: Hosts or CIDRs let through although they resolve to loopback, link-local or private addresses.
+    allow_hosts: list[str] = Field(default_factory=list)
+    s3_endpoint_url: str | None = None
+
+
+class DecodeSettings(BaseModel):
+    """Decoding limits and frame sampling (the paper samples 32 evenly spaced frames per video)."""
+
+    frames: int = 32
+    max_pixels: int = 8192 * 8192
+    max_duration_s: float = 3600.0
+    max_decoded_frames: int = 200_000
+    timeout_s: float = 60.0
+    #: Fetch the sampled frames by seeking to the keyframe before each (same frames as a full decode, cost
+    #: bounded by the samples, not the duration); False forces the single sequential pass (worker/media/decode.py).
+    seek: bool = True
+    #: exact (default): the paper's N evenly spaced frames. keyframes (approximate, opt-in): on the seeking
+    #: path, a sample alone in its keyframe interval is replaced by that interval's keyframe (at most one
+    #: interval, 2 s in common encodes, earlier), so a long video costs about N keyframe decodes; samples
+    #: that share an interval stay exact, so short videos are unchanged. The verdict says which was used
+    #: (`sampling`), and the cache keeps the two apart (`worker.core.version.pipeline_version`).
+    sampling: Literal["exact", "keyframes"] = "exact"
+    allowed_containers: list[str] = Field(
+        default_factory=lambda: [
+            "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi", "mpegts", "flv", "gif",
+            "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "image2",
+        ]
+    )
+    allowed_codecs: list[str] = Field(
+        default_factory=lambda: [
+            "h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mjpeg", "gif",
+            "png", "jpeg", "webp", "bmp", "tiff", "rawvideo",
+        ]
+    )
+
+
+class FaceSettings(BaseModel):
+    """Face detector backend and crop geometry (DESIGN.md section 3: 5-point alignment, scale 1.3, 224x224)."""
+
+    #: yunet (default, Apache-2.0 weights shipped in the package), scrfd (insightface weights for
+    #: non-commercial research only, which the user supplies), haar (no landmarks; needs Debian's opencv-data).
+    backend: Literal["yunet", "scrfd", "haar"] = "yunet"
+    #: Folder holding the detector's weights. Unset: the YuNet weights shipped inside the package
+    #: (worker/faces/weights). Set: only this folder is searched (SCRFD's weights must be put here).
+    weights_dir: Path | None = None
+    yunet_file: str = "yunet_n_dynamic.onnx"
+    scrfd_file: str = "scrfd_500m_bnkps.onnx"
+    score_threshold: float = 0.6
+    nms_threshold: float = 0.3
+    #: Frames are downscaled so their longest side is at most this before detection.
+    detect_max_side: int = 640
+    #: Faces scored per frame: 32 covers a typical group photo. Above it the largest are kept, and the
+    #: verdict's `faces_dropped` counts the rest.
+    max_faces_per_frame: int = 32
+    #: Faces scored per media item (all frames together), largest first: bounds the aligned crops held for
+    #: one item (256 x 224 x 224 x 3 bytes = 37 MiB) and its inference cost.
+    max_faces_per_media: int = 256
+    #: Smallest face side scored, in source pixels. 10 px is YuNet's reliable lower bound ("faces of around
+    #: 10x10 to 300x300 pixels", opencv_zoo models/face_detection_yunet/README.md); SCRFD-500M and YuNet
+    #: both find every face of an 8x8 mosaic of the test portrait (faces 9-10 px). Faces are detected on the
+    #: frame downscaled to detect_max_side, so on larger frames the smallest face found grows with the factor.
+    min_face_px: int = 10
+    crop_size: int = 224
+    crop_scale: float = 1.3
+
+
+class BatchSettings(BaseModel):
+    """Micro-batching of face crops across events, so the GPU sees full batches."""
+
+    max_size: int = 32
+    max_delay_ms: float = 10.0
+
+
+class TritonSettings(BaseModel):
+    """The inference server."""
+
+    url: str = "127.0.0.1:8001"
+    model_name: str = "deepfake_clip"
+    #: Empty means the server's latest ready version.
+    model_version: str = ""
+    max_in_flight: int = 4
+    timeout_s: float = 30.0
+    #: How long start-up waits for Triton to answer and the model to become ready (exit codes 12, 13).
+    ready_timeout_s: float = 120.0
+
+
+class RetrySettings(BaseModel):
+    """How transient failures are retried (worker.core.retry): they delay a verdict, they do not replace it."""
+
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 10.0
+    #: While a dependency the verdict needs (Triton) is down, in-flight work waits this long for it
+    #: before it is answered `error`; meanwhile the worker takes no new work.
+    dependency_deadline_s: float = 900.0
+    #: Attempts per event when its origin fails transiently (HTTP 5xx/429, connection refused), the
+    #: first included; between them the event waits on the retry topic.
+    item_attempts: int = 3
+    #: Delay before attempt 2, 3, ... (the last value repeats).
+    item_delays_s: list[float] = Field(default_factory=lambda: [10.0, 60.0])
+    #: Redeliveries of one record after which it is dead-lettered unprocessed: it was in flight each
+    #: time a worker died (crash-loop guard, worker.stream.crash_guard). 0 disables the guard.
+    max_deliveries: int = 3
+
+
+class CacheSettings(BaseModel):
+    """Redis verdict cache. An optimisation only: Redis down means slower, never wrong or stuck."""
+
+    enabled: bool = True
+    url: str = "redis://127.0.0.1:6379/0"
+    password: SecretStr | None = None
+    ttl_s: int = 30 * 24 * 3600
+    key_prefix: str = "dfmod:verdict:"
+    socket_timeout_s: float = 0.25
+    #: After a failure, skip Redis for this long instead of paying the timeout on every event.
+    retry_after_s: float = 5.0
+
+
+class WorkerSettings(BaseSettings):
+    """Top-level settings of `dfmod worker` (and of `dfmod scan` for the stages they share)."""
+
+    model_config = SettingsConfigDict(env_prefix="DFMOD_", env_nested_delimiter="__", extra="ignore")
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    fetch: FetchSettings = Field(default_factory=FetchSettings)
+    decode: DecodeSettings = Field(default_factory=DecodeSettings)
+    faces: FaceSettings = Field(default_factory=FaceSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    triton: TritonSettings = Field(default_factory=TritonSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+
+    #: Events taken from Kafka and not yet answered; above it the consumer pauses its partitions
+    #: (backpressure). High enough that, with one face per photo, the micro-batcher can fill every
+    #: in-flight Triton request (triton.max_in_flight x batch.max_size = 128) while the CPU stages work on
+    #: the next events; memory is bounded by the two size budgets below, not by this count.
+    max_in_flight: int = 256
+    #: Media bytes (event records, and fetched media being decoded) at once; a media thread waits for room
+    #: before decoding (one item larger than this runs alone). Bounds memory by size, not only by count.
+    max_in_flight_bytes: int = 256 * 1024 * 1024
+    #: Face crops (150 KB each) handed to the micro-batcher and not yet scored; a media thread with crops
+    #: waits for room before it hands them over (one item with more faces runs alone).
+    max_faces_in_flight: int = 512
+    #: Threads that fetch, decode and detect (CPU-bound work in C code that releases the GIL). They never
+    #: wait for inference: an item's crops go to the batcher and the thread takes the next item.
+    media_threads: int = 4
+    #: Wall-time budget for one media item, fetch to verdict.
+    media_timeout_s: float = 120.0
+    #: On SIGTERM, how long to wait for in-flight events before leaving them (unanswered, uncommitted)
+    #: to the next owner. Keep it below the pod's terminationGracePeriodSeconds.
+    drain_timeout_s: float = 30.0
+    #: Every this many seconds the worker hands freed heap memory back to the OS (glibc `malloc_trim`,
+    #: worker/obs/memory.py), so RSS follows what is in use rather than the busiest moment; 0 disables it.
+    malloc_trim_interval_s: float = Field(default=10.0, ge=0)
+    http_host: str = "0.0.0.0"
+    http_port: int = 9100
+    log_level: str = "INFO"
+    source: str = "dfmod-worker"

@@ -1,0 +1,83 @@
+"""The scoring engine: the parts behind a verdict, built in one place and closed in reverse order.
+
+backend -> contract check -> micro-batcher -> cache -> pipeline. `dfmod worker` and `dfmod scan` both get
+their pipeline here, so they cannot drift apart in how the parts are wired; only the backend (Triton or
+ONNX Runtime) and whether a cache is attached differ.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from types import TracebackType
+
+from worker.core.contracts import ModelInfo
+from worker.core.model_config import check_preprocessing
+from worker.core.retry import Breaker
+from worker.core.settings import WorkerSettings
+from worker.core.types import FaceDetector
+from worker.infer.base import InferenceBackend
+from worker.infer.batcher import BatchHook, MicroBatcher
+from worker.obs import metrics
+from worker.scoring.budget import Budget
+from worker.scoring.cache import VerdictCache
+from worker.scoring.pipeline import MediaPipeline
+
+log = logging.getLogger(__name__)
+
+
+def _record_batch(size: int, seconds: float) -> None:
+    metrics.BATCH_SIZE.observe(size)
+    metrics.INFER_SECONDS.observe(seconds)
+
+
+def _record_breaker(open_: bool) -> None:
+    metrics.BREAKER_OPEN.labels("inference").set(1 if open_ else 0)
+    log.warning("inference is down: taking no new work" if open_ else "inference is back: taking work again")
+
+
+class Engine:
+    """Owns the backend and everything built on it. Use as a context manager, or call `close()`."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        backend: InferenceBackend,
+        use_cache: bool = True,
+        on_batch: BatchHook | None = _record_batch,
+        detector_factory: Callable[[], FaceDetector] | None = None,
+    ) -> None:
+        self.backend = backend
+        try:
+            self.model: ModelInfo = backend.model_info()
+            check_preprocessing(self.model)  # a model trained on other crops would give meaningless scores
+            self.breaker = Breaker("inference", on_change=_record_breaker)
+            self.batcher = MicroBatcher(backend, settings.batch, on_batch=on_batch, limits=backend.batch_limits())
+        except BaseException:
+            backend.close()
+            raise
+        self.cache = (
+            VerdictCache(settings.cache, on_event=lambda kind: metrics.CACHE.labels(kind).inc())
+            if use_cache else None
+        )
+        self.pipeline = MediaPipeline(
+            settings, self.batcher, self.model, self.cache, detector_factory=detector_factory,
+            breaker=self.breaker, budget=Budget(settings.max_in_flight_bytes, "bytes"),
+            face_budget=Budget(settings.max_faces_in_flight, "faces"),
+        )
+
+    def close(self) -> None:
+        """Stop in-flight work (answered `Stopped`, never a verdict), then close pipeline -> cache -> batcher ->
+        backend (the reverse of building)."""
+        self.pipeline.stop()
+        if self.cache is not None:
+            self.cache.close()
+        self.batcher.close()
+        self.backend.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,38 @@
+"""Connection settings shared by the consumer, the producers and the admin tools (security included)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.core.settings import KafkaSettings
+
+
+def connection_config(settings: KafkaSettings) -> dict[str, Any]:
+    """kafka-python keyword arguments for bootstrap servers, SASL and TLS."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers.split(","),
+        "client_id": settings.client_id,
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.sasl_mechanism:
+        config["sasl_mechanism"] = settings.sasl_mechanism
+        config["sasl_plain_username"] = settings.sasl_username
+        config["sasl_plain_password"] = (
+            settings.sasl_password.get_secret_value() if settings.sasl_password else None
+        )
+    for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        value = getattr(settings, key)
+        if value:
+            config[key] = value
+    return config
+
+
+class KafkaUnavailable(Exception):
+    """No broker answered within the bound, or a topic is missing; the message names the setting to check."""
+
+
+def bootstrap_failed(settings: KafkaSettings, timeout_s: float, exc: BaseException) -> KafkaUnavailable:
+    return KafkaUnavailable(
+        f"Kafka at {settings.bootstrap_servers} did not answer within {timeout_s:g} s "
+        f"({type(exc).__name__}; check DFMOD_KAFKA__BOOTSTRAP_SERVERS)"
+    )

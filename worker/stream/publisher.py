@@ -1,0 +1,120 @@
+"""Stage 9, publish: verdicts to `media.verdicts` and unparseable records to `media.events.dlq`.
+
+Sends use acks=all and idempotence; the callback fires only after the broker has the record, and only
+then may its offset be committed. A send that fails after the producer's own retries is sent again after a
+back-off (nothing is dropped while the worker runs; if it dies, the uncommitted offset brings the event back).
+Both are CloudEvents in structured mode and say so in a `content-type: application/cloudevents+json` header
+(the Kafka protocol binding's rule), so consumers using a CloudEvents SDK need not guess the mode. A DLQ
+record always fits the topic and always serialises (`worker.stream.envelope.dead_letter_value`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka import errors as Errors
+from kafka.consumer.fetcher import ConsumerRecord
+
+from worker.core.contracts import DeadLetter, Verdict
+from worker.core.retry import Backoff
+from worker.core.settings import KafkaSettings
+from worker.obs import metrics
+from worker.stream.envelope import STRUCTURED_CONTENT_TYPE, dead_letter_value
+from worker.stream.kafka_config import connection_config
+
+#: Headers of a record on the retry topic: which attempt comes next, and not before when (epoch ms).
+ATTEMPT_HEADER = "dfmod-attempt"
+NOT_BEFORE_HEADER = "dfmod-not-before-ms"
+
+log = logging.getLogger(__name__)
+
+#: Kafka headers of every record the worker writes (CloudEvents Kafka binding, structured content mode).
+STRUCTURED_HEADERS: list[tuple[str, bytes]] = [("content-type", STRUCTURED_CONTENT_TYPE.encode())]
+
+
+def verdict_value(verdict: Verdict) -> bytes:
+    """The verdict's JSON; should a string in it not encode as UTF-8, the same JSON with escapes (ASCII)."""
+    try:
+        return verdict.model_dump_json().encode()
+    except Exception:
+        log.error("verdict not serialisable as UTF-8, sent ASCII-escaped", extra={"event_id": repr(verdict.id)})
+        return json.dumps(verdict.model_dump(mode="json"), ensure_ascii=True).encode("ascii")
+
+
+class Publisher:
+    def __init__(self, settings: KafkaSettings, backoff: Backoff | None = None) -> None:
+        self.settings = settings
+        self.backoff = backoff or Backoff(initial_s=1.0, max_s=30.0)
+        self._closing = threading.Event()
+        self._producer = KafkaProducer(
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            retries=5,
+            delivery_timeout_ms=120_000,  # Kafka default; must exceed linger_ms + request_timeout_ms
+            max_in_flight_requests_per_connection=5,
+            max_request_size=settings.max_message_bytes,
+            **connection_config(settings),
+        )
+
+    def publish_verdict(self, verdict: Verdict, on_ack: Callable[[], None]) -> None:
+        self._send(self.settings.verdicts_topic, verdict.id, verdict_value(verdict), on_ack)
+
+    def publish_dead_letter(self, record: DeadLetter, on_ack: Callable[[], None]) -> None:
+        metrics.DLQ.inc()
+        value = dead_letter_value(record, self.settings.max_message_bytes)
+        self._send(self.settings.dlq_topic, record.id, value, on_ack)
+
+    def publish_retry(self, record: ConsumerRecord, attempt: int, not_before_ms: int,
+                      on_ack: Callable[[], None]) -> None:
+        """The record, byte for byte, to the retry topic for its `attempt`-th try after `not_before_ms`."""
+        metrics.ITEM_RETRIES.inc()
+        ours = {ATTEMPT_HEADER, NOT_BEFORE_HEADER}
+        headers = [(k, v or b"") for k, v in (record.headers or []) if k not in ours]
+        headers += [(ATTEMPT_HEADER, str(attempt).encode()), (NOT_BEFORE_HEADER, str(not_before_ms).encode())]
+        self._send_raw(self.settings.retry_topic, record.key, record.value or b"", on_ack, headers)
+
+    def _send(self, topic: str, key: str, value: bytes, on_ack: Callable[[], None]) -> None:
+        self._send_raw(topic, key.encode(), value, on_ack, STRUCTURED_HEADERS)
+
+    def _send_raw(
+        self, topic: str, key: bytes | None, value: bytes, on_ack: Callable[[], None],
+        headers: list[tuple[str, bytes]] | None = None, tries: int = 0,
+    ) -> None:
+        future = self._producer.send(topic, key=key, value=value, headers=headers or None)
+
+        def ok(_meta: Any) -> None:
+            on_ack()
+
+        def failed(exc: BaseException) -> None:
+            if not getattr(exc, "retriable", True) and not isinstance(exc, Errors.KafkaTimeoutError):
+                # Retrying cannot help (e.g. a record over the broker's size limit): say so loudly. The offset
+                # stays uncommitted, so the event is re-delivered after the cause is fixed; nothing is lost.
+                log.error("send failed permanently", extra={"key": key, "topic": topic, "error": repr(exc)})
+                return
+            if self._closing.is_set():
+                log.error("send failed while closing; offset stays uncommitted", extra={"key": key})
+                return
+            metrics.PUBLISH_RETRIES.inc()
+            delay = next(itertools.islice(self.backoff.delays(), tries, None))
+            log.warning("send failed, retrying", extra={"key": key, "topic": topic, "error": repr(exc),
+                                                         "retry_in_s": round(delay, 2)})
+            timer = threading.Timer(delay, self._send_raw, args=(topic, key, value, on_ack, headers, tries + 1))
+            timer.daemon = True
+            timer.start()
+
+        future.add_callback(ok)
+        future.add_errback(failed)
+
+    def flush(self, timeout_s: float) -> None:
+        self._producer.flush(timeout=timeout_s)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._closing.set()
+        self._producer.close(timeout=timeout_s)
