@@ -45,9 +45,10 @@ test-unit: setup  ## unit tests only (no servers)
 test-integration: setup  ## integration tests only
 	timeout 2400 $(BIN)/pytest -m integration $(PYTEST_ARGS)
 
-lint: setup  ## ruff and mypy
+lint: setup  ## ruff, mypy and the worker's import layers (import-linter)
 	$(BIN)/ruff check worker train tests deploy
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 stack-up: setup  ## start Kafka, Redis and Triton on 127.0.0.1 (idempotent)
 	deploy/local/stack.sh up

@@ -409,7 +409,7 @@ def worker_run(conn: dict[str, str], plan: Plan, stills: list[bytes], media_dir:
         fig.faces = sum(int(v["data"].get("faces_count") or 0) for _, v in done.values())
         fig.faces_per_s = fig.faces / max(1e-9, busy)
         fig.cpu_per_still = (proc.cpu_s() - cpu0) / len(stills)
-        fig.mean_batch = _batch_mean(worker.obs.metrics())
+        fig.mean_batch = _batch_mean(worker.metrics())
         triton1 = _triton_counters(conn)
         if triton0 and triton1:
             delta = {k: triton1[k] - triton0.get(k, 0.0) for k in triton1}

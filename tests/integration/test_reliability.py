@@ -170,7 +170,7 @@ def test_a_triton_outage_delays_verdicts_and_answers_no_error(
         stack.up("triton")
     verdicts = by_id(collect(bootstrap, topics.verdicts, {d[0] for d in during}, timeout_s=300))
     assert all(v["data"]["status"] == "ok" for vs in verdicts.values() for v in vs), verdicts
-    assert 'dfmod_inference_retries_total' in worker.obs.metrics()
+    assert 'dfmod_inference_retries_total' in worker.metrics()
     worker.wait_ready(60)
 
 
