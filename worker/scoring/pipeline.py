@@ -29,7 +29,7 @@ from worker.core.errors import ErrorCode, MediaError, status_for
 from worker.core.retry import Backoff, Breaker
 from worker.core.settings import WorkerSettings
 from worker.core.types import FaceDetector, Sampling, Scores, StageTimer
-from worker.core.version import PIPELINE_VERSION, pipeline_version
+from worker.core.version import pipeline_version
 from worker.faces.extract import ExtractedFaces, drain, extract_faces_counted
 from worker.faces.factory import create_detector
 from worker.infer.base import InferenceError
@@ -408,7 +408,10 @@ class MediaPipeline:
             metrics.STAGE_SECONDS.labels(name).observe(seconds)
 
     def _failure(self, code: ErrorCode, message: str, media_sha: str | None, timer: StageTimer) -> VerdictData:
-        return failure_verdict(code, message, self.model, media_sha, timer.timings_ms)
+        return failure_verdict(
+            code, message, self.model, pipeline_version=self.pipeline_version, media_sha=media_sha,
+            timings_ms=timer.timings_ms,
+        )
 
 
 def _settle(future: Future[VerdictData], result: VerdictData | None = None, error: BaseException | None = None) -> None:
@@ -426,15 +429,20 @@ def failure_verdict(
     code: ErrorCode,
     message: str,
     model: ModelInfo | None,
+    *,
+    pipeline_version: str,
     media_sha: str | None = None,
     timings_ms: dict[str, float] | None = None,
 ) -> VerdictData:
-    """The verdict for media we could not score: `rejected` or `error`, with its stable code."""
+    """The verdict for media we could not score: `rejected` or `error`, with its stable code.
+
+    `pipeline_version` is the worker's (sampling-aware) one, the same as its successes carry.
+    """
     return VerdictData(
         status=status_for(code),  # type: ignore[arg-type]
         media_sha256=media_sha,
         model=model,
-        pipeline_version=PIPELINE_VERSION,
+        pipeline_version=pipeline_version,
         timings_ms=timings_ms or {},
         error=ErrorInfo(code=code, message=message[:500]),
     )

@@ -32,6 +32,7 @@ from worker.core.contracts import DeadLetter, MediaData, MediaEvent, Verdict, Ve
 from worker.core.errors import ErrorCode
 from worker.core.retry import Breaker
 from worker.core.settings import WorkerSettings
+from worker.core.version import pipeline_version
 from worker.infer.base import InferenceBackend
 from worker.obs import metrics
 from worker.obs.health import HealthState, serve
@@ -114,6 +115,7 @@ class ConsumeLoop:
         self.publisher = publisher
         self.pipeline = pipeline
         self.model = model  # ModelInfo for failure verdicts (object: fakes pass None)
+        self.pipeline_version = pipeline_version(settings.decode.sampling)  # the one successes carry too
         self.breaker = breaker or Breaker("inference")
         self.guard = guard
         self.probe = probe
@@ -132,6 +134,10 @@ class ConsumeLoop:
         self._paused_for = ""
 
     # -- the loop -----------------------------------------------------------------------------------
+
+    def _failure(self, code: ErrorCode, message: str) -> VerdictData:
+        """A failure verdict with this worker's model and pipeline version (the ones its successes carry)."""
+        return failure_verdict(code, message, self.model, pipeline_version=self.pipeline_version)  # type: ignore[arg-type]
     def run(self) -> None:
         """Turn until stop is requested, then drain and leave the group."""
         try:
@@ -311,7 +317,7 @@ class ConsumeLoop:
                 self._dead_letter_raw(record, event_or_reason, acked)
                 return
             # We know whom to answer: an invalid event still gets its verdict.
-            data = failure_verdict(ErrorCode.INVALID_EVENT, event_or_reason, self.model)  # type: ignore[arg-type]
+            data = self._failure(ErrorCode.INVALID_EVENT, event_or_reason)
             self._publish(record, event_id, data, acked, ctx)
             return
 
@@ -365,9 +371,9 @@ class ConsumeLoop:
                 return
             except Exception:  # e.g. no retry topic: answer now rather than leave the partition stuck
                 log.exception("could not park the event on the retry topic; answering now", extra=ctx)
-                data = failure_verdict(exc.error.code, exc.error.message, self.model)  # type: ignore[arg-type]
+                data = self._failure(exc.error.code, exc.error.message)
         except BaseException as exc:  # a bug outside the pipeline's guard
-            data = failure_verdict(ErrorCode.INTERNAL_ERROR, repr(exc), self.model)  # type: ignore[arg-type]
+            data = self._failure(ErrorCode.INTERNAL_ERROR, repr(exc))
         if attempt > 1 and data.status == "error":
             # The last attempt of a transient failure: the verdict says so, and the DLQ keeps the record.
             both = _after(2, acked)

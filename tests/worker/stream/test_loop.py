@@ -16,6 +16,7 @@ from worker.core.contracts import DeadLetter, MediaData, Verdict, VerdictData
 from worker.core.errors import ErrorCode, MediaError
 from worker.core.retry import Breaker
 from worker.core.settings import CacheSettings, WorkerSettings
+from worker.core.version import pipeline_version
 from worker.scoring.pipeline import Stopped, TransientFailure
 from worker.stream.consumer import RebalanceEvent
 from worker.stream.crash_guard import DeliveryGuard
@@ -280,7 +281,8 @@ def test_a_transient_failure_goes_to_the_retry_topic_then_ends_in_an_error_and_a
         if not final:
             raise TransientFailure(error)
         from worker.scoring.pipeline import failure_verdict
-        return failure_verdict(error.code, error.message, None)
+
+        return failure_verdict(error.code, error.message, None, pipeline_version=pipeline_version())
 
     pipeline.script[uri(0, 0)] = origin_503
     consumer.queue = [record(0)]
@@ -436,4 +438,23 @@ def test_without_a_retry_topic_a_transient_failure_is_answered_at_once() -> None
     (verdict,) = publisher.verdicts
     assert verdict.data.status == "error" and verdict.data.error is not None
     assert verdict.data.error.code == "fetch_failed"
+    shutdown(loop)
+
+
+def test_a_failure_the_loop_answers_carries_the_pipeline_version_its_successes_carry() -> None:
+    """Under `decode.sampling=keyframes` successes carry `+sampling-keyframes`: the loop's failures must too."""
+    loop, consumer, publisher, pipeline = make()
+    loop.settings.decode.sampling = "keyframes"
+    loop = ConsumeLoop(loop.settings, consumer, publisher, pipeline, None)
+
+    def bug(final: bool) -> VerdictData:
+        raise RuntimeError("a bug outside the pipeline's guard")
+
+    pipeline.script[uri(0, 0)] = bug
+    consumer.queue = [record(0)]
+    turn_until(loop, lambda: consumer.committed(TP0) == 1)
+    (verdict,) = publisher.verdicts
+    assert verdict.data.error is not None and verdict.data.error.code == "internal_error"
+    assert verdict.data.pipeline_version == pipeline_version("keyframes")
+    assert verdict.data.pipeline_version.endswith("+sampling-keyframes")
     shutdown(loop)
