@@ -8,6 +8,7 @@ import time
 import urllib.request
 
 from harness import Stack, Topics, collect, produce
+from kafka.partitioner.default import murmur2
 
 from . import media
 from .conftest import WorkerFactory
@@ -116,8 +117,11 @@ def test_unparseable_messages_land_in_the_dlq_with_raw_bytes(
     verdicts = collect(bootstrap, topics.verdicts, {good[0]}, timeout_s=60)
     assert sorted(base64.b64decode(d["data"]["value_b64"]) for d in dlq) == sorted(raw)
     for d in dlq:
-        assert d["type"] == "media.deadletter" and d["data"]["topic"] == topics.events
-        assert d["data"]["partition"] >= 0 and d["data"]["offset"] >= 0 and d["data"]["reason"]
+        assert d["type"] == "media.deadletter" and d["data"]["topic"] == topics.events and d["data"]["reason"]
+    # One key, one partition (kafka-python's murmur2 partitioner over the fresh topic's 4): offsets 0, 1, 2 in order.
+    partition = (murmur2(b"k") & 0x7FFFFFFF) % 4
+    where = {(d["data"]["partition"], d["data"]["offset"]): base64.b64decode(d["data"]["value_b64"]) for d in dlq}
+    assert where == {(partition, offset): value for offset, value in enumerate(raw)}
     assert {v["id"] for v in verdicts} == {good[0]}
 
 

@@ -264,9 +264,9 @@ class ConsumeLoop:
         for record in records:
             try:
                 self._take(record, counts.get((record.topic, record.partition, record.offset)))
-            except Exception:  # one record must never stop the loop: it still gets a DLQ record
-                log.exception("taking a record failed", extra={"partition": record.partition,
-                                                               "offset": record.offset})
+            except Exception:  # before it was tracked (bookkeeping itself failed): nothing to ack, still a DLQ record
+                log.exception("tracking a record failed", extra={"partition": record.partition,
+                                                                 "offset": record.offset})
                 self._dead_letter_raw(record, "internal error while taking the record", lambda: None)
 
     def _take(self, record: ConsumerRecord, deliveries: int | None) -> None:
@@ -296,6 +296,15 @@ class ConsumeLoop:
                     self._bytes_in_flight -= size
 
         ctx = {"partition": record.partition, "offset": record.offset, "topic": record.topic}
+        try:
+            self._route(record, deliveries, rid, tp, epoch, acked, dropped, ctx)
+        except Exception:  # one record must never stop the loop, nor hold its partition: it gets a DLQ record
+            log.exception("taking a record failed", extra=ctx)
+            self._dead_letter_raw(record, "internal error while taking the record", acked)
+
+    def _route(self, record: ConsumerRecord, deliveries: int | None, rid: RecordId, tp: TopicPartition, epoch: int,
+               acked: Ack, dropped: Ack, ctx: dict[str, object]) -> None:
+        """Where a tracked record goes: DLQ (crash-loop guard, undecodable), a verdict now, or the pipeline."""
         if self.guard is not None and self.guard.poisoned(deliveries):
             metrics.CRASH_GUARD.inc()
             log.error("record was in flight each time a worker died: dead-lettered unprocessed",

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import pytest
 from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
@@ -390,11 +391,34 @@ def test_crash_loop_guard_fails_open_without_redis() -> None:
     shutdown(loop)
 
 
-def test_a_record_that_breaks_taking_still_gets_a_dlq_record() -> None:
+def test_an_unparseable_record_gets_a_dlq_record_and_the_next_one_its_verdict() -> None:
     loop, consumer, publisher, _ = make()
     consumer.queue = [record(0, value=b"\x00not json"), record(1)]
     turn_until(loop, lambda: len(publisher.dead) == 1 and len(publisher.verdicts) == 1)
     turn_until(loop, lambda: consumer.committed(TP0) == 2)
+    shutdown(loop)
+
+
+def test_a_record_that_breaks_taking_gets_a_dlq_record_and_does_not_hold_its_partition(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug while routing one record (here: the event parser raises) dead-letters it and lets the offset advance."""
+    import worker.stream.loop as loop_module
+
+    real_parse = loop_module.parse_event
+
+    def parse_or_break(value: bytes | None, headers: object) -> object:
+        if value == b"breaks the parser":
+            raise ValueError("a parser bug")
+        return real_parse(value, headers)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop_module, "parse_event", parse_or_break)
+    loop, consumer, publisher, _ = make()
+    consumer.queue = [record(0, value=b"breaks the parser"), record(1)]
+    turn_until(loop, lambda: len(publisher.dead) == 1 and len(publisher.verdicts) == 1)
+    turn_until(loop, lambda: consumer.committed(TP0) == 2)
+    assert publisher.dead[0].data.reason == "internal error while taking the record"
+    assert loop.tracker.in_flight() == 0
     shutdown(loop)
 
 
