@@ -41,7 +41,6 @@ MEDIA_SUFFIXES = frozenset(
         ".tiff",
     }
 )
-FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter", "DeepFakeDetection")
 FORMATS = ("ffpp", "manifest", "folders")
 _FFPP_PAIR = re.compile(r"^\d+_\d+$")
 

@@ -47,7 +47,6 @@ CKPT_BACKBONE = "feature_extractor.base_model.model.vision_model."
 GEND_BACKBONE = "feature_extractor.vision_model."
 GEND_UNUSED = ("feature_extractor.visual_projection.weight",)
 HEAD_KEYS = ("model.linear.weight", "model.linear.bias")
-ADAPTER = "ln_tuning_layers.default."
 BASE_LAYER = "base_layer."
 
 

@@ -121,17 +121,12 @@ def model_info_from_parameters(name: str, version: str, params: Mapping[str, str
     )
 
 
-def check_preprocessing(
-    model: ModelInfo, expected: str = PREPROCESSING_VERSION, allow_missing: bool = False
-) -> None:
-    """Refuse a model trained on other crops than this worker makes (raise ValueError).
+def check_preprocessing(model: ModelInfo, expected: str = PREPROCESSING_VERSION) -> None:
+    """Refuse a model trained on other crops than this worker makes, or one that does not say (raise ValueError).
 
-    Not called by the backends themselves: the service decides, at start-up, whether a model without the
-    parameter (`allow_missing`) is acceptable.
+    Not called by the backends themselves: the start-up checks and the engine call it before any work.
     """
     if not model.preprocessing_version:
-        if allow_missing:
-            return
         raise ValueError(f"model {model.name}/{model.version} does not declare its preprocessing_version")
     if model.preprocessing_version != expected:
         raise ValueError(

@@ -95,10 +95,6 @@ class Breaker:
     def is_open(self) -> bool:
         return self._open_since is not None
 
-    def open_for_s(self) -> float:
-        since = self._open_since
-        return 0.0 if since is None else time.monotonic() - since
-
     def failure(self) -> None:
         with self._lock:
             changed = self._open_since is None

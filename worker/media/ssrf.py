@@ -161,7 +161,3 @@ def resolve_checked(
         raise MediaError(ErrorCode.FORBIDDEN_URI, f"host {host!r} resolves to blocked address {ip}")
     return CheckedTarget(scheme=scheme, host=host, port=port, addresses=tuple(str(ip) for ip in addresses))
 
-
-def check_url(url: str, allow_hosts: list[str], resolver: Resolver = socket.getaddrinfo) -> None:
-    """Raise MediaError(FORBIDDEN_URI) unless every address the URL's host resolves to may be fetched."""
-    resolve_checked(url, allow_hosts, resolver)

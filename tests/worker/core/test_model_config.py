@@ -149,7 +149,6 @@ def test_check_preprocessing() -> None:
     missing = good.model_copy(update={"preprocessing_version": ""})
     with pytest.raises(ValueError):
         check_preprocessing(missing)
-    check_preprocessing(missing, allow_missing=True)
 
 
 def test_fields_a_newer_triton_added_do_not_stop_the_worker() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from worker.core.errors import ErrorCode, MediaError
-from worker.media.ssrf import check_url, resolve_checked
+from worker.media.ssrf import resolve_checked
 
 
 def resolver_for(*addresses: str) -> Callable[..., Sequence[tuple[Any, ...]]]:
@@ -44,18 +44,18 @@ PUBLIC = ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111", "::ffff:8.8.8.8", 
 @pytest.mark.parametrize("address", BLOCKED)
 def test_blocked_addresses_are_forbidden(address: str) -> None:
     with pytest.raises(MediaError) as err:
-        check_url("https://media.example/v.mp4", [], resolver=resolver_for(address))
+        resolve_checked("https://media.example/v.mp4", [], resolver=resolver_for(address))
     assert err.value.code is ErrorCode.FORBIDDEN_URI
 
 
 @pytest.mark.parametrize("address", PUBLIC)
 def test_public_addresses_pass(address: str) -> None:
-    check_url("https://media.example/v.mp4", [], resolver=resolver_for(address))
+    resolve_checked("https://media.example/v.mp4", [], resolver=resolver_for(address))
 
 
 def test_one_private_answer_taints_the_name() -> None:
     with pytest.raises(MediaError) as err:
-        check_url("http://media.example/", [], resolver=resolver_for("93.184.216.34", "10.0.0.5"))
+        resolve_checked("http://media.example/", [], resolver=resolver_for("93.184.216.34", "10.0.0.5"))
     assert err.value.code is ErrorCode.FORBIDDEN_URI
 
 
@@ -63,25 +63,25 @@ def test_ip_literals_are_checked_with_the_real_resolver() -> None:
     for url in ("http://127.0.0.1:8080/x", "http://[::1]/x", "http://169.254.169.254/latest/meta-data/",
                 "http://[::ffff:127.0.0.1]/x", "http://2130706433/x"):
         with pytest.raises(MediaError) as err:
-            check_url(url, [])
+            resolve_checked(url, [])
         assert err.value.code is ErrorCode.FORBIDDEN_URI, url
 
 
 def test_allow_list_by_cidr() -> None:
     resolve = resolver_for("10.20.30.40")
-    check_url("http://minio.internal:9000/b/k", ["10.0.0.0/8"], resolver=resolve)
-    check_url("http://minio.internal:9000/b/k", ["10.20.30.40"], resolver=resolve)   # a bare IP is a /32
+    resolve_checked("http://minio.internal:9000/b/k", ["10.0.0.0/8"], resolver=resolve)
+    resolve_checked("http://minio.internal:9000/b/k", ["10.20.30.40"], resolver=resolve)   # a bare IP is a /32
     with pytest.raises(MediaError):
-        check_url("http://minio.internal:9000/b/k", ["192.168.0.0/16"], resolver=resolve)
+        resolve_checked("http://minio.internal:9000/b/k", ["192.168.0.0/16"], resolver=resolve)
     # a mapped IPv6 answer matches an IPv4 CIDR
-    check_url("http://minio.internal/", ["10.0.0.0/8"], resolver=resolver_for("::ffff:10.1.1.1"))
+    resolve_checked("http://minio.internal/", ["10.0.0.0/8"], resolver=resolver_for("::ffff:10.1.1.1"))
 
 
 def test_allow_list_by_hostname() -> None:
     resolve = resolver_for("192.168.7.7")
-    check_url("http://MinIO.Local./b/k", ["minio.local"], resolver=resolve)
+    resolve_checked("http://MinIO.Local./b/k", ["minio.local"], resolver=resolve)
     with pytest.raises(MediaError) as err:
-        check_url("http://other.local/b/k", ["minio.local"], resolver=resolve)
+        resolve_checked("http://other.local/b/k", ["minio.local"], resolver=resolve)
     assert err.value.code is ErrorCode.FORBIDDEN_URI
 
 
@@ -111,11 +111,11 @@ def test_unresolvable_and_malformed() -> None:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
     with pytest.raises(MediaError) as err:
-        check_url("http://nope.invalid/", [], resolver=fail)
+        resolve_checked("http://nope.invalid/", [], resolver=fail)
     assert err.value.code is ErrorCode.FETCH_FAILED
     with pytest.raises(MediaError) as err:
-        check_url("http:///no-host", [])
+        resolve_checked("http:///no-host", [])
     assert err.value.code is ErrorCode.INVALID_EVENT
     with pytest.raises(MediaError) as err:
-        check_url("http://cdn.example:99999/", [], resolver=resolver_for("8.8.8.8"))
+        resolve_checked("http://cdn.example:99999/", [], resolver=resolver_for("8.8.8.8"))
     assert err.value.code is ErrorCode.INVALID_EVENT
