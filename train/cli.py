@@ -1,7 +1,7 @@
 """`dfmod-train`: one sub-command per step of the training workflow.
 
-Each step lives in its own module, which exposes ``register(subparsers)``; the module is imported only
-when listed here, so adding a step is one line.
+Each step lives in its own module, which exposes ``register(subparsers)``; every listed module is imported
+when the parser is built, so adding a step is one line.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """One way to retry: capped exponential back-off, and the breaker that says a dependency is down.
 
-Used by inference (the pipeline retries a batch while Triton restarts), publishing (a send the producer
-gave up on is sent again) and start-up waits (Triton becoming ready), so they all back off the same way
-and are configured the same way (`RetrySettings`).
+`Backoff` paces the pipeline's inference retries while Triton restarts (with `RetrySettings`' bounds), the
+publisher's re-sends of what the producer gave up on, and the Triton backend's readiness wait (`retry_call`);
+`Breaker` says the inference dependency is down, so the consume loop takes no new work meanwhile.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class Breaker:
     """Whether a dependency the verdict needs is down, as seen by the work that uses it.
 
     Any failure opens it; the first success closes it. While it is open the consume loop takes no new
-    work and /readyz fails; in-flight work keeps retrying (`retry_call`) and closes it when the
+    work and /readyz fails; in-flight work keeps retrying with `Backoff` and closes it when the
     dependency answers again. `on_change(open)` feeds the breaker-state metric.
     """
 

@@ -1,4 +1,4 @@
-"""Stage 3, decode: N evenly spaced RGB frames of a video (or the one frame of a still).
+"""Stage 3, decode: N evenly spaced frames of a video (or the one frame of a still), in the decoder's pixels.
 
 PyAV (FFmpeg) opens the bytes from memory; FFmpeg may only use the demuxers in
 `DecodeSettings.allowed_containers` (its `format_whitelist`, so a playlist or concat script can never make
@@ -108,7 +108,7 @@ class _Selector:
 
 
 def decode_media(blob: bytes, settings: DecodeSettings, content_type: str | None = None) -> DecodedMedia:
-    """Decode `settings.frames` evenly spaced RGB frames (one for a still).
+    """Decode `settings.frames` evenly spaced frames (one for a still); each becomes RGB when the faces stage reads it.
 
     `content_type` is only quoted in messages: the bytes are sniffed, never trusted by their declared type.
     """

@@ -1,8 +1,8 @@
 """One HTTP port for operations: `/metrics` (Prometheus), `/healthz` (alive), `/readyz` (able to do work).
 
 Liveness fails when the consume loop has not turned for `stall_after_s` (a wedged process should be
-restarted); readiness fails while Triton or the Kafka assignment is not there (take no traffic, but do not
-restart).
+restarted); readiness fails until the start-up checks have passed, and while Triton is not ready, the inference
+breaker is open, or the worker is not in its consumer group (take no traffic, but do not restart).
 """
 
 from __future__ import annotations

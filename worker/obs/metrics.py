@@ -43,7 +43,7 @@ INFER_SECONDS = Histogram(
 PUBLISH_RETRIES = Counter("dfmod_publish_retries_total", "Verdict/DLQ sends retried after a broker error")
 COMMITS = Counter("dfmod_commits_total", "Offset commits")
 
-# -- reliability (issue 8): retries, outages, redeliveries ---------------------------------------------
+# -- reliability: retries, outages, redeliveries ---------------------------------------------
 INFER_RETRIES = Counter("dfmod_inference_retries_total", "Inference requests retried while the backend was failing")
 BREAKER_OPEN = Gauge(
     "dfmod_dependency_down", "1 while a dependency the verdict needs is failing (no new work is taken)", ["dependency"]
