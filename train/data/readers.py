@@ -21,26 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-MEDIA_SUFFIXES = frozenset(
-    {
-        ".mp4",
-        ".mov",
-        ".m4v",
-        ".mkv",
-        ".webm",
-        ".avi",
-        ".ts",
-        ".flv",
-        ".gif",
-        ".png",
-        ".jpg",
-        ".jpeg",
-        ".webp",
-        ".bmp",
-        ".tif",
-        ".tiff",
-    }
-)
+from worker.media.suffixes import MEDIA_SUFFIXES
+
 FORMATS = ("ffpp", "manifest", "folders")
 _FFPP_PAIR = re.compile(r"^\d+_\d+$")
 

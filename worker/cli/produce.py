@@ -22,12 +22,12 @@ from kafka.errors import KafkaTimeoutError
 
 from worker.core.contracts import MediaData, MediaEvent, now_iso
 from worker.core.settings import KafkaSettings
+from worker.stream.envelope import STRUCTURED_HEADERS
 from worker.stream.kafka_config import bootstrap_failed, connection_config
 
 Mode = Literal["inline", "uri", "auto"]
 ContentMode = Literal["structured", "binary"]
 #: Kafka headers of a structured-mode event.
-STRUCTURED_HEADERS = [("content-type", JSONFormat.CONTENT_TYPE.encode())]
 
 
 def new_event(data: MediaData, source: str) -> MediaEvent:

@@ -15,13 +15,9 @@ from pathlib import Path
 from worker.core.contracts import MediaData, ModelInfo, Verdict, VerdictData
 from worker.core.settings import WorkerSettings
 from worker.infer.onnx_local import OnnxBackend
+from worker.media.suffixes import MEDIA_SUFFIXES
 from worker.scoring.engine import Engine
 
-#: What a directory walk picks up (a file named explicitly is always scanned, whatever its name).
-MEDIA_SUFFIXES = frozenset({
-    ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif",
-    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".flv", ".3gp",
-})
 COLUMNS = ("file", "status", "label", "score", "faces", "ms")
 
 

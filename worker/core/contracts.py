@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from worker.core.errors import ErrorCode
+from worker.core.settings import Sampling
 
 Status = Literal["ok", "no_face", "rejected", "error"]
 Label = Literal["fake", "real", "uncertain"]
@@ -134,7 +135,7 @@ class VerdictData(BaseModel):
     frames_sampled: int = 0
     #: how the frames were chosen: "exact" (the paper's evenly spaced frames) or "keyframes" (the opt-in
     #: approximate mode, DecodeSettings.sampling, where it moved a sample to its interval's keyframe)
-    sampling: Literal["exact", "keyframes"] = "exact"
+    sampling: Sampling = "exact"
     frames_with_faces: int = 0
     faces_count: int = 0
     #: Faces found but not scored because of the caps (FaceSettings.max_faces_per_frame/_per_media);

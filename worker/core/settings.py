@@ -13,6 +13,9 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: How video frames are picked: the paper's exact even spacing, or the opt-in approximate keyframe mode.
+Sampling = Literal["exact", "keyframes"]
+
 Scheme = Literal["http", "https", "s3", "file"]
 
 
@@ -87,7 +90,7 @@ class DecodeSettings(BaseModel):
     #: interval, 2 s in common encodes, earlier), so a long video costs about N keyframe decodes; samples
     #: that share an interval stay exact, so short videos are unchanged. The verdict says which was used
     #: (`sampling`), and the cache keeps the two apart (`worker.core.version.pipeline_version`).
-    sampling: Literal["exact", "keyframes"] = "exact"
+    sampling: Sampling = "exact"
     allowed_containers: list[str] = Field(
         default_factory=lambda: [
             "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi", "mpegts", "flv", "gif",

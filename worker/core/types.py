@@ -9,10 +9,11 @@ from typing import Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from worker.core.settings import Sampling
+
 RGBImage = npt.NDArray[np.uint8]  # H x W x 3, RGB, uint8
 
 #: How a video's frames were chosen (DecodeSettings.sampling): the exact evenly spaced frames, or keyframes.
-Sampling = Literal["exact", "keyframes"]
 
 
 class Frame:

@@ -64,6 +64,8 @@ SPARSE_HITS = 256
 DLQ_OVERHEAD_BYTES = 16_384
 #: The structured-mode content type, written as the `content-type` header of verdicts and DLQ records.
 STRUCTURED_CONTENT_TYPE = JSONFormat.CONTENT_TYPE
+#: Kafka headers of a structured-mode CloudEvent (the JSON document carries every attribute).
+STRUCTURED_HEADERS: list[tuple[str, bytes]] = [("content-type", STRUCTURED_CONTENT_TYPE.encode())]
 
 Headers = Sequence[tuple[str, bytes | None]] | None
 ContentMode = Literal["binary", "structured"]

@@ -41,7 +41,7 @@ from worker.scoring.engine import Engine
 from worker.scoring.pipeline import Stopped, TransientFailure, failure_verdict
 from worker.stream.consumer import EventConsumer, RebalanceEvent, undecodable_reason
 from worker.stream.crash_guard import DeliveryGuard, RecordId
-from worker.stream.envelope import dead_letter, parse_event, salvage_id
+from worker.stream.envelope import dead_letter, dlq_room, parse_event, salvage_id
 from worker.stream.offsets import OffsetTracker
 from worker.stream.publisher import ATTEMPT_HEADER, NOT_BEFORE_HEADER, Publisher
 
@@ -410,7 +410,7 @@ class ConsumeLoop:
         )
 
     def _dead_letter_raw(self, record: ConsumerRecord, reason: str, acked: Ack) -> None:
-        room = self.settings.kafka.max_message_bytes * 3 // 4 - 16_384  # base64 and envelope overhead
+        room = dlq_room(self.settings.kafka.max_message_bytes)
         self.publisher.publish_dead_letter(dead_letter(record, reason, room), acked)
 
     # -- commits ------------------------------------------------------------------------------------

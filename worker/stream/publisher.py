@@ -25,7 +25,7 @@ from worker.core.contracts import DeadLetter, Verdict
 from worker.core.retry import Backoff
 from worker.core.settings import KafkaSettings
 from worker.obs import metrics
-from worker.stream.envelope import STRUCTURED_CONTENT_TYPE, dead_letter_value
+from worker.stream.envelope import STRUCTURED_HEADERS, dead_letter_value
 from worker.stream.kafka_config import connection_config
 
 #: Headers of a record on the retry topic: which attempt comes next, and not before when (epoch ms).
@@ -35,7 +35,6 @@ NOT_BEFORE_HEADER = "dfmod-not-before-ms"
 log = logging.getLogger(__name__)
 
 #: Kafka headers of every record the worker writes (CloudEvents Kafka binding, structured content mode).
-STRUCTURED_HEADERS: list[tuple[str, bytes]] = [("content-type", STRUCTURED_CONTENT_TYPE.encode())]
 
 
 def verdict_value(verdict: Verdict) -> bytes:
