@@ -85,14 +85,23 @@ class InferenceBackend(Protocol):
 
 
 def check_faces(faces: np.ndarray) -> np.ndarray:
-    """The batch as the model wants it (C-contiguous uint8 (N, 224, 224, 3)), or ValueError."""
+    """The batch as the model wants it (C-contiguous uint8 (N, 224, 224, 3)); a non-retriable InferenceError if not."""
     if not isinstance(faces, np.ndarray):
-        raise ValueError(f"faces must be a numpy array, got {type(faces).__name__}")
+        raise InferenceError(f"faces must be a numpy array, got {type(faces).__name__}", retriable=False)
     if faces.dtype != np.uint8:
-        raise ValueError(f"faces must be uint8, got {faces.dtype}")
+        raise InferenceError(f"faces must be uint8, got {faces.dtype}", retriable=False)
     if faces.ndim != 4 or faces.shape[1:] != CROP_SHAPE:
-        raise ValueError(f"faces must have shape (N, 224, 224, 3), got {faces.shape}")
+        raise InferenceError(f"faces must have shape (N, 224, 224, 3), got {faces.shape}", retriable=False)
     return np.ascontiguousarray(faces)
+
+
+def checked_or_delivered(faces: np.ndarray, callback: ScoresCallback) -> np.ndarray | None:
+    """`check_faces` for `infer_async`: the batch, or None once `callback` has been given the error."""
+    try:
+        return check_faces(faces)
+    except InferenceError as exc:
+        deliver(callback, None, exc)
+        return None
 
 
 def scores_from_outputs(fake_prob: np.ndarray | None, embedding: np.ndarray | None, n: int) -> Scores:

@@ -16,11 +16,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from worker.core.futures import settle
 from worker.core.settings import BatchSettings
 from worker.core.types import Scores
 from worker.infer.base import CROP_SHAPE, BatchLimits, InferenceBackend, InferenceError
@@ -53,7 +54,7 @@ class _Request:
             elif self.embedding.shape[1] != embedding.shape[1]:
                 error = InferenceError("embedding width changed between batches of one request")
                 self.finished = True
-                _settle(self.future, error=error)
+                settle(self.future, error=error)
                 return
             self.fake_prob[start:start + n] = fake_prob
             self.embedding[start:start + n] = embedding
@@ -61,25 +62,15 @@ class _Request:
             if self.remaining > 0:
                 return
             self.finished = True
-        _settle(self.future, result=Scores(fake_prob=self.fake_prob, embedding=self.embedding))
+        settle(self.future, result=Scores(fake_prob=self.fake_prob, embedding=self.embedding))
 
     def fail(self, error: BaseException) -> None:
         with self.lock:
             if self.finished:
                 return
             self.finished = True
-        _settle(self.future, error=error)
+        settle(self.future, error=error)
 
-
-def _settle(future: Future[Scores], result: Scores | None = None, error: BaseException | None = None) -> None:
-    """Resolve a Future that the caller may have cancelled meanwhile."""
-    try:
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-    except InvalidStateError:
-        pass
 
 
 @dataclass

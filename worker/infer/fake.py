@@ -18,7 +18,7 @@ from worker.infer.base import (
     BatchLimits,
     InferenceError,
     ScoresCallback,
-    check_faces,
+    checked_or_delivered,
     deliver,
     scores_from_outputs,
 )
@@ -59,10 +59,8 @@ class FakeBackend:
         return self.limits
 
     def infer_async(self, faces: np.ndarray, callback: ScoresCallback) -> None:
-        try:
-            batch = check_faces(faces)
-        except ValueError as exc:
-            deliver(callback, None, InferenceError(str(exc), retriable=False))
+        batch = checked_or_delivered(faces, callback)
+        if batch is None:
             return
         with self._lock:
             if self.down:

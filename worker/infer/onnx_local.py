@@ -95,10 +95,7 @@ class OnnxBackend:
         return not self._closed
 
     def _infer_now(self, faces: np.ndarray) -> Scores:
-        try:
-            batch = check_faces(faces)
-        except ValueError as exc:
-            raise InferenceError(str(exc), retriable=False) from exc
+        batch = check_faces(faces)
         if batch.shape[0] == 0:  # no session run: some exported graphs reject a zero batch
             return empty_scores(self._embedding_dim)
         return self._run(batch)

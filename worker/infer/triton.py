@@ -26,7 +26,7 @@ from worker.infer.base import (
     BatchLimits,
     InferenceError,
     ScoresCallback,
-    check_faces,
+    checked_or_delivered,
     deliver,
     deliver_computed,
     limits_from_config,
@@ -181,10 +181,8 @@ class TritonBackend:
 
     def infer_async(self, faces: np.ndarray, callback: ScoresCallback) -> None:
         """Send one request; blocks only while `max_in_flight` requests are out. Errors go to `callback`."""
-        try:
-            batch = check_faces(faces)
-        except ValueError as exc:
-            deliver(callback, None, InferenceError(str(exc), retriable=False))
+        batch = checked_or_delivered(faces, callback)
+        if batch is None:
             return
         if self._closed:
             deliver(callback, None, InferenceError("Triton backend is closed"))

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
@@ -26,6 +26,7 @@ import numpy as np
 
 from worker.core.contracts import ErrorInfo, MediaData, ModelInfo, VerdictData
 from worker.core.errors import ErrorCode, MediaError, status_for
+from worker.core.futures import settle
 from worker.core.retry import Backoff, Breaker
 from worker.core.settings import WorkerSettings
 from worker.core.types import FaceDetector, Sampling, Scores, StageTimer
@@ -155,7 +156,7 @@ class MediaPipeline:
         with self._pending_lock:
             pending = list(self._pending)
         for out in pending:
-            _settle(out, error=Stopped())
+            settle(out, error=Stopped())
         self._finisher.shutdown(wait=False)
 
     # -- public -------------------------------------------------------------------------------------
@@ -168,12 +169,12 @@ class MediaPipeline:
             self._pending.add(out)
         out.add_done_callback(lambda _f: self._forget(item))
         if self._stop.is_set():
-            _settle(out, error=Stopped())
+            settle(out, error=Stopped())
             return out
         try:
             self._cpu.submit(self._guarded, item, self._front, item)
         except RuntimeError:  # shut down meanwhile
-            _settle(out, error=Stopped())
+            settle(out, error=Stopped())
         return out
 
     def process(self, data: MediaData, final_attempt: bool = True) -> VerdictData:
@@ -332,17 +333,17 @@ class MediaPipeline:
     # -- answers ------------------------------------------------------------------------------------
     def _answer(self, item: _Item, verdict: VerdictData) -> None:
         item.finish()
-        _settle(item.out, result=verdict)
+        settle(item.out, result=verdict)
 
     def _fail(self, item: _Item, exc: BaseException) -> None:
         """Every way an item can end other than a verdict from its scores: errors become values."""
         item.finish()
         if isinstance(exc, (Stopped, BudgetClosed)) or self._stop.is_set():  # interrupted, not answered
-            _settle(item.out, error=Stopped())
+            settle(item.out, error=Stopped())
             return
         if isinstance(exc, MediaError):
             if exc.transient and not item.final_attempt:
-                _settle(item.out, error=TransientFailure(exc))
+                settle(item.out, error=TransientFailure(exc))
                 return
             verdict = self._failure(exc.code, exc.message, item.media_sha, item.timer)
         elif isinstance(exc, Exception):  # a bug must cost one verdict, never the worker
@@ -350,9 +351,9 @@ class MediaPipeline:
             message = f"{type(exc).__name__}: {exc}"
             verdict = self._failure(ErrorCode.INTERNAL_ERROR, message, item.media_sha, item.timer)
         else:
-            _settle(item.out, error=exc)
+            settle(item.out, error=exc)
             return
-        _settle(item.out, result=verdict)
+        settle(item.out, result=verdict)
 
     def _guarded(self, item: _Item, fn: Callable[..., None], *args: object) -> None:
         """Run one step of `item`; whatever it raises answers the item instead of escaping a pool thread."""
@@ -372,7 +373,7 @@ class MediaPipeline:
 
     def _leader_done(self, media_sha: str, leader: Future[VerdictData], result: VerdictData | None = None,
                      error: BaseException | None = None) -> None:
-        _settle(leader, result=result, error=error)
+        settle(leader, result=result, error=error)
         with self._leaders_lock:
             if self._leaders.get(media_sha) is leader:
                 del self._leaders[media_sha]
@@ -413,16 +414,6 @@ class MediaPipeline:
             timings_ms=timer.timings_ms,
         )
 
-
-def _settle(future: Future[VerdictData], result: VerdictData | None = None, error: BaseException | None = None) -> None:
-    """Resolve `future` unless it already is (an item stopped while its answer was on the way)."""
-    try:
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-    except InvalidStateError:
-        pass
 
 
 def failure_verdict(
