@@ -1,11 +1,13 @@
 """The streaming worker: consume -> pipeline (asynchronous) -> publish -> commit, with backpressure.
 
-Threads: the loop thread alone owns the Kafka consumer (poll, pause/resume, commit) and decides what is
-committed; it hands each event to `MediaPipeline.submit` and goes on, and the verdict arrives through the
-Future's callback (the pipeline's `media_threads` run the CPU stages, the batcher thread and Triton's
-callbacks do inference); the producer's I/O thread acknowledges sends. The `OffsetTracker` is where they meet: an
-offset is committed only once it and every earlier offset of its partition have a verdict (or DLQ or
-retry-topic record) acknowledged by the broker.
+Threads: one completion path. The loop thread alone touches Kafka: it polls, pauses, publishes verdicts, DLQ
+and retry-topic records, records the broker's acks, advances and commits offsets and answers the crash-loop
+guard. The other threads compute: the pipeline's `media_threads` run the CPU stages, the batcher thread and
+Triton's callbacks do inference, and what they finish (a settled Future), the producer's acks and failed sends
+come back to the loop through one queue (`ConsumeLoop.hand_back`), which it drains every turn. Work that must
+wait (a retry not due yet, a re-send after back-off) waits on the loop's own clock (`call_later`). An offset is
+committed only once it and every earlier offset of its partition have a verdict (or DLQ or retry-topic
+record) acknowledged by the broker.
 
 Delivery semantics (README, "Delivery semantics"): at least once. Every record gets a verdict or a DLQ
 record; a verdict means the media was looked at, or that it could not be (a `rejected`/`error` code).
@@ -15,7 +17,11 @@ Transient failures delay the verdict: a dependency outage pauses consumption whi
 
 from __future__ import annotations
 
+import contextlib
+import heapq
+import itertools
 import logging
+import queue
 import signal
 import threading
 import time
@@ -51,6 +57,38 @@ Ack = Callable[[], None]
 
 #: While inference is down, how often the loop asks the backend whether it is back.
 PROBE_EVERY_S = 2.0
+#: How long one poll may block: long while nothing is in flight, short while completions may arrive (they
+#: wait in the queue until the poll returns, so this bounds the latency the single completion path adds).
+IDLE_POLL_MS = 100
+BUSY_POLL_MS = 5
+
+
+class LoopClock:
+    """Callbacks the loop thread runs once their time comes; only the loop thread touches it."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._cancelled: set[int] = set()
+
+    def add(self, when: float, fn: Callable[[], None]) -> int:
+        seq = next(self._seq)
+        heapq.heappush(self._heap, (when, seq, fn))
+        return seq
+
+    def cancel(self, seq: int) -> None:
+        self._cancelled.add(seq)
+
+    def run_due(self, now: float) -> None:
+        while self._heap and self._heap[0][0] <= now:
+            _when, seq, fn = heapq.heappop(self._heap)
+            if seq in self._cancelled:
+                self._cancelled.discard(seq)
+                continue
+            fn()
+
+    def __len__(self) -> int:
+        return len(self._heap) - len(self._cancelled)
 
 
 class Consumer(Protocol):
@@ -127,7 +165,9 @@ class ConsumeLoop:
         self._lock = threading.Lock()
         self._bytes_in_flight = 0
         self._answered: list[RecordId] = []  # for the guard, drained by the loop thread
-        self._timers: dict[RecordId, tuple[threading.Timer, Ack]] = {}  # retries not due yet, and their drop
+        self._completions: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()  # the one way back
+        self._clock = LoopClock()
+        self._timers: dict[RecordId, tuple[int, Ack]] = {}  # retries not due yet: their clock entry and drop
         self._last_commit = 0.0
         self._last_probe = 0.0
         self._wanted_pause = False
@@ -138,6 +178,35 @@ class ConsumeLoop:
     def _failure(self, code: ErrorCode, message: str) -> VerdictData:
         """A failure verdict with this worker's model and pipeline version (the ones its successes carry)."""
         return failure_verdict(code, message, self.model, pipeline_version=self.pipeline_version)  # type: ignore[arg-type]
+
+    def hand_back(self, fn: Callable[[], None]) -> None:
+        """Any thread: have the loop thread run `fn` on its next turn (finished work, acks, failed sends)."""
+        self._completions.put(fn)
+
+    def call_later(self, delay_s: float, fn: Callable[[], None]) -> None:
+        """Any thread: have the loop thread run `fn` once `delay_s` has passed."""
+        when = time.monotonic() + delay_s
+
+        def schedule() -> None:
+            self._clock.add(when, fn)
+
+        self.hand_back(schedule)
+
+    def _run_completions(self) -> None:
+        """Run what the other threads handed back and what is due: the only place answers are published."""
+        while True:
+            try:
+                fn = self._completions.get_nowait()
+            except queue.Empty:
+                break
+            fn()
+        self._clock.run_due(time.monotonic())
+        self._forget_answered()
+
+    def _poll_ms(self) -> int:
+        if not self._completions.empty():
+            return 0
+        return BUSY_POLL_MS if self.tracker.in_flight() or len(self._clock) else IDLE_POLL_MS
     def run(self) -> None:
         """Turn until stop is requested, then drain and leave the group."""
         try:
@@ -146,8 +215,7 @@ class ConsumeLoop:
             self.drain()
         finally:
             self._abandon.set()
-            for timer, _drop in list(self._timers.values()):
-                timer.cancel()
+            self._timers.clear()
             self.consumer.close()  # work still in the pipeline is abandoned: never answered, never committed
 
     def turn(self) -> None:
@@ -156,10 +224,10 @@ class ConsumeLoop:
         reason = self._pause_reason()
         self._set_paused(reason is not None, reason or "")
         free = self.settings.max_in_flight - self.tracker.in_flight()
-        records = self.consumer.poll(timeout_ms=100, max_records=0 if self.consumer.paused else free)
+        records = self.consumer.poll(timeout_ms=self._poll_ms(), max_records=0 if self.consumer.paused else free)
         self._handle_rebalances()
         self._take_all(records)
-        self._forget_answered()
+        self._run_completions()
         self._commit_if_due()
         metrics.observe_lag(self.consumer)
 
@@ -173,12 +241,13 @@ class ConsumeLoop:
         self._set_paused(True, "stopping")
         while self.tracker.in_flight() and time.monotonic() < deadline:
             self.health.beat()
-            self.consumer.poll(timeout_ms=100, max_records=0)  # heartbeats; rebalances still handled
+            self.consumer.poll(timeout_ms=self._poll_ms(), max_records=0)  # heartbeats; rebalances still handled
             self._handle_rebalances()
-            self._forget_answered()
+            self._run_completions()
             self._commit_if_due(force=True)
         self._abandon.set()
         self.publisher.flush(timeout_s=max(1.0, deadline - time.monotonic()))
+        self._run_completions()  # the acks of what the flush delivered
         self._commit_if_due(force=True)
         self._forget_answered()
         left = self._unanswered()
@@ -232,7 +301,9 @@ class ConsumeLoop:
         then forget them, so nothing answered after this moves their commit."""
         deadline = time.monotonic() + (self.settings.kafka.revoke_wait_s if commit else 0.0)
         while commit and time.monotonic() < deadline and any(self.tracker.pending(tp) for tp in tps):
-            time.sleep(0.02)
+            with contextlib.suppress(queue.Empty):  # their answers and acks come back through the queue
+                self._completions.get(timeout=0.02)()
+            self._run_completions()
         offsets = {tp: off for tp, off in self.tracker.committable().items() if tp in tps}
         if commit and offsets:
             try:
@@ -242,10 +313,9 @@ class ConsumeLoop:
                 log.warning("commit on revoke failed", extra={"error": repr(exc)})
         left = [(tp.topic, tp.partition, off) for tp in tps for off in self.tracker.unacked(tp)]
         for rid in left:
-            with self._lock:
-                waiting = self._timers.pop(rid, None)
+            waiting = self._timers.pop(rid, None)
             if waiting is not None:
-                waiting[0].cancel()
+                self._clock.cancel(waiting[0])
                 waiting[1]()
         self.tracker.revoke(tps)
         if self.guard is not None and left:
@@ -280,7 +350,7 @@ class ConsumeLoop:
         received = time.monotonic()
         settled = threading.Lock()  # answered or dropped, once
 
-        def acked() -> None:
+        def on_loop() -> None:
             if not settled.acquire(blocking=False):
                 return
             with self._lock:
@@ -289,6 +359,9 @@ class ConsumeLoop:
             self.tracker.ack(tp, record.offset, epoch)
             metrics.IN_FLIGHT.set(self.tracker.in_flight())
             metrics.EVENT_SECONDS.observe(time.monotonic() - received)
+
+        def acked() -> None:  # the producer's I/O thread: the ack is recorded on the loop thread
+            self.hand_back(on_loop)
 
         def dropped() -> None:  # left to the next owner: only the byte count is given back
             if settled.acquire(blocking=False):
@@ -335,8 +408,7 @@ class ConsumeLoop:
         final = attempt >= max(1, self.settings.retry.item_attempts)
 
         def start() -> None:
-            with self._lock:
-                self._timers.pop(rid, None)
+            self._timers.pop(rid, None)
             if self._abandon.is_set() or not self.tracker.owns(tp, epoch):
                 dropped()
                 return
@@ -345,17 +417,13 @@ class ConsumeLoop:
             except RuntimeError:  # the pipeline shut down meanwhile
                 dropped()
                 return
-            future.add_done_callback(
-                lambda f: self._done(f, record, event, attempt, tp, epoch, acked, dropped, ctx)
+            future.add_done_callback(  # a worker thread settles it; the loop thread answers
+                lambda f: self.hand_back(lambda: self._done(f, record, event, attempt, tp, epoch, acked, dropped, ctx))
             )
 
         wait_s = (_header(record, NOT_BEFORE_HEADER, 0) / 1000.0 - time.time()) if attempt > 1 else 0.0
         if wait_s > 0:  # a retry that is not due yet waits here, counted in flight
-            timer = threading.Timer(wait_s, start)
-            timer.daemon = True
-            with self._lock:
-                self._timers[rid] = (timer, dropped)
-            timer.start()
+            self._timers[rid] = (self._clock.add(time.monotonic() + wait_s, start), dropped)
         else:
             start()
 
@@ -463,7 +531,7 @@ class Worker:
         self.model = self.engine.model
         self.health = health or HealthState()
         self._server = server
-        self.publisher = Publisher(settings.kafka)
+        self.publisher = Publisher(settings.kafka)  # its re-sends are scheduled on the loop below
         kafka = settings.kafka
         self.consumer = EventConsumer(kafka, [kafka.events_topic, kafka.retry_topic])
         self.guard = DeliveryGuard(settings.cache, kafka.group_id, settings.retry.max_deliveries)
@@ -471,6 +539,7 @@ class Worker:
             settings, self.consumer, self.publisher, self.engine.pipeline, self.model,
             breaker=self.engine.breaker, guard=self.guard, probe=backend.is_ready, health=self.health,
         )
+        self.publisher.schedule = self.loop.call_later
         self.health.ready_checks["inference"] = lambda: not self.engine.breaker.is_open
         self.health.ready_checks["triton"] = backend.is_ready
         self.health.ready_checks["kafka_assignment"] = lambda: self.loop.assigned.is_set() or self.consumer.in_group()

@@ -34,8 +34,6 @@ NOT_BEFORE_HEADER = "dfmod-not-before-ms"
 
 log = logging.getLogger(__name__)
 
-#: Kafka headers of every record the worker writes (CloudEvents Kafka binding, structured content mode).
-
 
 def verdict_value(verdict: Verdict) -> bytes:
     """The verdict's JSON; should a string in it not encode as UTF-8, the same JSON with escapes (ASCII)."""
@@ -50,6 +48,9 @@ class Publisher:
     def __init__(self, settings: KafkaSettings, backoff: Backoff | None = None) -> None:
         self.settings = settings
         self.backoff = backoff or Backoff(initial_s=1.0, max_s=30.0)
+        #: Runs a re-send later: the worker points it at its loop (`ConsumeLoop.call_later`), so sends stay on the
+        #: loop thread; standalone, a timer thread.
+        self.schedule: Callable[[float, Callable[[], None]], None] = _timer_thread
         self._closing = threading.Event()
         self._producer = KafkaProducer(
             acks="all",
@@ -104,9 +105,7 @@ class Publisher:
             delay = next(itertools.islice(self.backoff.delays(), tries, None))
             log.warning("send failed, retrying", extra={"key": key, "topic": topic, "error": repr(exc),
                                                          "retry_in_s": round(delay, 2)})
-            timer = threading.Timer(delay, self._send_raw, args=(topic, key, value, on_ack, headers, tries + 1))
-            timer.daemon = True
-            timer.start()
+            self.schedule(delay, lambda: self._send_raw(topic, key, value, on_ack, headers, tries + 1))
 
         future.add_callback(ok)
         future.add_errback(failed)
@@ -117,3 +116,9 @@ class Publisher:
     def close(self, timeout_s: float = 10.0) -> None:
         self._closing.set()
         self._producer.close(timeout=timeout_s)
+
+
+def _timer_thread(delay_s: float, fn: Callable[[], None]) -> None:
+    timer = threading.Timer(delay_s, fn)
+    timer.daemon = True
+    timer.start()

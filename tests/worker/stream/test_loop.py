@@ -482,3 +482,49 @@ def test_a_failure_the_loop_answers_carries_the_pipeline_version_its_successes_c
     assert verdict.data.pipeline_version == pipeline_version("keyframes")
     assert verdict.data.pipeline_version.endswith("+sampling-keyframes")
     shutdown(loop)
+
+
+class IOThreadPublisher(FakePublisher):
+    """Acks from another thread, as kafka-python's I/O thread does; records which thread each send came from."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.send_threads: set[str] = set()
+        self.io = ThreadPoolExecutor(1, thread_name_prefix="producer-io")
+
+    def _sent(self, on_ack: Callable[[], None]) -> None:
+        self.send_threads.add(threading.current_thread().name)
+        self.io.submit(on_ack)
+
+    def publish_verdict(self, verdict: Verdict, on_ack: Callable[[], None]) -> None:
+        with self.lock:
+            self.verdicts.append(verdict)
+        self._sent(on_ack)
+
+    def publish_dead_letter(self, rec: DeadLetter, on_ack: Callable[[], None]) -> None:
+        with self.lock:
+            self.dead.append(rec)
+        self._sent(on_ack)
+
+
+def test_only_the_loop_thread_publishes_and_records_acks() -> None:
+    """Verdicts settle on the pipeline's threads and acks arrive on the producer's: both come back to the loop."""
+    loop, consumer, _, _pipeline = make()
+    publisher = IOThreadPublisher()
+    loop.publisher = publisher
+    ack_threads: set[str] = set()
+    real_ack = loop.tracker.ack
+
+    def ack(*args: Any) -> Any:
+        ack_threads.add(threading.current_thread().name)
+        return real_ack(*args)
+
+    loop.tracker.ack = ack  # type: ignore[method-assign]
+    consumer.queue = [record(o) for o in range(6)] + [record(0, 1, value=b"\x00not json")]
+    loop_thread = threading.current_thread().name
+    turn_until(loop, lambda: consumer.committed(TP0) == 6 and consumer.committed(TP1) == 1)
+    assert len(publisher.verdicts) == 6 and len(publisher.dead) == 1
+    assert publisher.send_threads == {loop_thread}
+    assert ack_threads == {loop_thread}
+    publisher.io.shutdown()
+    shutdown(loop)
