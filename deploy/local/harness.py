@@ -231,7 +231,8 @@ def collect_with_headers(
     """`collect`, each JSON value with its record's headers."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), group_id=None, enable_auto_commit=False)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), group_id=None, enable_auto_commit=False,
+                             isolation_level="read_committed")
     out: list[tuple[dict[str, Any], Headers]] = []
     try:
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]

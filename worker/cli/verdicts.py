@@ -27,7 +27,9 @@ def follow(
     topic = topic or settings.verdicts_topic
     connect_s = timeout_s if timeout_s is not None else 30.0
     try:
-        consumer = KafkaConsumer(enable_auto_commit=False, group_id=None,
+        # read_committed: with exactly-once workers, only verdicts whose transaction committed (each once);
+        # at-least-once workers publish outside transactions, which read_committed reads as they come.
+        consumer = KafkaConsumer(enable_auto_commit=False, group_id=None, isolation_level="read_committed",
                                  bootstrap_timeout_ms=int(connect_s * 1000), **connection_config(settings))
     except KafkaTimeoutError as exc:
         raise bootstrap_failed(settings, connect_s, exc) from exc

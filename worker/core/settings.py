@@ -50,6 +50,23 @@ class KafkaSettings(BaseModel):
     ready_timeout_s: float = 60.0
     #: The broker's `message.max.bytes`: producers' max request size, and the cap on DLQ payloads.
     max_message_bytes: int = 1_048_576
+    #: Exactly-once verdicts (Kafka transactions, KIP-98/447): each answer is published in one transaction with
+    #: the consumed offsets of its partition's answered prefix, so a `read_committed` reader sees every event
+    #: answered once, even across kill -9. Off: at-least-once (a crash re-publishes what was answered since the
+    #: last commit). Needs brokers >= 2.5 and a `transactional.id` ACL where ACLs are on.
+    exactly_once: bool = False
+    #: The producer's `transactional.id` (exactly-once mode): stable per pod, so a restarted worker aborts its
+    #: predecessor's open transaction at once. Empty: `<group_id>-<group_instance_id>` with static membership,
+    #: else `<group_id>-<hostname>-<pid>` (a restart then leaves the old transaction to time out).
+    transactional_id: str | None = None
+    #: Exactly-once mode: how often the loop commits a transaction, and after how many held answers sooner.
+    #: Verdicts become visible to `read_committed` readers at each commit.
+    transaction_interval_ms: int = Field(default=100, ge=1)
+    transaction_max_records: int = Field(default=500, ge=1)
+    #: Exactly-once mode: the broker aborts a transaction open longer than this (a worker that died mid-one);
+    #: until then `read_committed` readers of its partitions wait. Must not exceed the broker's
+    #: `transaction.max.timeout.ms` (15 min by default).
+    transaction_timeout_ms: int = Field(default=10_000, ge=1000)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None

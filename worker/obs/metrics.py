@@ -42,6 +42,8 @@ INFER_SECONDS = Histogram(
 )
 PUBLISH_RETRIES = Counter("dfmod_publish_retries_total", "Verdict/DLQ sends retried after a broker error")
 COMMITS = Counter("dfmod_commits_total", "Offset commits")
+TRANSACTIONS = Counter("dfmod_transactions_total", "Exactly-once transactions, by outcome (committed, aborted)",
+                       ["outcome"])
 
 # -- reliability: retries, outages, redeliveries ---------------------------------------------
 INFER_RETRIES = Counter("dfmod_inference_retries_total", "Inference requests retried while the backend was failing")

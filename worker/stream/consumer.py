@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -127,6 +127,8 @@ class EventConsumer:
             metadata_max_age_ms=settings.metadata_max_age_ms,
             max_poll_interval_ms=settings.max_poll_interval_ms,
             partition_assignment_strategy=[CooperativeStickyAssignor],
+            # Exactly-once mode: records of aborted transactions (the retry topic's) are never read.
+            isolation_level="read_committed" if settings.exactly_once else "read_uncommitted",
             **extra,
             **connection_config(settings),
         )
@@ -197,6 +199,18 @@ class EventConsumer:
             return
         self._consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
         metrics.COMMITS.inc()
+
+    def group_metadata(self) -> object:
+        """This member's group metadata, for a transaction's offsets (KIP-447 fences a stale generation)."""
+        return self._consumer.group_metadata()
+
+    def rewind(self, positions: Mapping[TopicPartition, int]) -> None:
+        """Read these partitions again from `positions` (those still assigned: the rest went to a new owner)."""
+        assigned = self._consumer.assignment()
+        for tp, offset in positions.items():
+            if tp in assigned:
+                self._consumer.seek(tp, offset)
+        log.info("partitions rewound", extra={"positions": {str(tp): off for tp, off in positions.items()}})
 
     def close(self) -> None:
         """Leave the group (dynamic members: the partitions move at once) and close the connections."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
 from worker.core.settings import KafkaSettings
@@ -25,6 +27,15 @@ def connection_config(settings: KafkaSettings) -> dict[str, Any]:
         if value:
             config[key] = value
     return config
+
+
+def transactional_id(settings: KafkaSettings) -> str:
+    """The producer's `transactional.id` in exactly-once mode (`KafkaSettings.transactional_id`)."""
+    if settings.transactional_id:
+        return settings.transactional_id
+    if settings.group_instance_id:
+        return f"{settings.group_id}-{settings.group_instance_id}"
+    return f"{settings.group_id}-{socket.gethostname()}-{os.getpid()}"
 
 
 class KafkaUnavailable(Exception):

@@ -9,8 +9,12 @@ wait (a retry not due yet, a re-send after back-off) waits on the loop's own clo
 committed only once it and every earlier offset of its partition have a verdict (or DLQ or retry-topic
 record) acknowledged by the broker.
 
-Delivery semantics (README, "Delivery semantics"): at least once. Every record gets a verdict or a DLQ
-record; a verdict means the media was looked at, or that it could not be (a `rejected`/`error` code).
+Delivery semantics (README, "Delivery semantics"): at least once, or exactly once with `kafka.exactly_once`.
+Every record gets a verdict or a DLQ record; a verdict means the media was looked at, or that it could not be
+(a `rejected`/`error` code). In exactly-once mode answers are held (`worker.stream.outbox`) and the loop
+commits, every `transaction_interval_ms`, one transaction with the answers of each partition's answered
+prefix and the offsets after them; a failed transaction is aborted and its partitions rewound to their last
+committed offsets, so their events are answered again and published once.
 Transient failures delay the verdict: a dependency outage pauses consumption while in-flight work waits
 (`retry.dependency_deadline_s`), an origin's transient failure goes through the retry topic.
 """
@@ -25,7 +29,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import CancelledError, Future
 from http.server import ThreadingHTTPServer
 from types import FrameType
@@ -49,7 +53,8 @@ from worker.stream.consumer import EventConsumer, RebalanceEvent, undecodable_re
 from worker.stream.crash_guard import DeliveryGuard, RecordId
 from worker.stream.envelope import dead_letter, dlq_room, parse_event, salvage_id
 from worker.stream.offsets import OffsetTracker
-from worker.stream.publisher import ATTEMPT_HEADER, NOT_BEFORE_HEADER, Publisher
+from worker.stream.outbox import Outbox
+from worker.stream.publisher import ATTEMPT_HEADER, NOT_BEFORE_HEADER, Publisher, Send, TransactionAborted
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +105,25 @@ class Consumer(Protocol):
     def rebalance_events(self) -> list[RebalanceEvent]: ...
     def set_paused(self, paused: bool, reason: str = "backpressure") -> None: ...
     def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
+    def group_metadata(self) -> object: ...
+    def rewind(self, positions: Mapping[TopicPartition, int]) -> None: ...
     def lag(self) -> dict[TopicPartition, int]: ...
     def close(self) -> None: ...
 
 
-class Sender(Protocol):
-    """What the loop needs of the producer (`worker.stream.publisher.Publisher`)."""
+class Answers(Protocol):
+    """Where one record's answers go: the producer, or (exactly-once mode) the outbox's `HeldSender`."""
 
     def publish_verdict(self, verdict: Verdict, on_ack: Ack) -> None: ...
     def publish_dead_letter(self, record: DeadLetter, on_ack: Ack) -> None: ...
     def publish_retry(self, record: ConsumerRecord, attempt: int, not_before_ms: int, on_ack: Ack) -> None: ...
+
+
+class Sender(Answers, Protocol):
+    """What the loop needs of the producer (`worker.stream.publisher.Publisher`)."""
+
+    def commit_transaction(self, sends: Iterable[Send], offsets: Mapping[TopicPartition, int],
+                           group_metadata: object) -> None: ...
     def flush(self, timeout_s: float) -> None: ...
     def close(self) -> None: ...
 
@@ -159,6 +173,8 @@ class ConsumeLoop:
         self.probe = probe
         self.health = health or HealthState()
         self.tracker = OffsetTracker()
+        self.exactly_once = settings.kafka.exactly_once
+        self.outbox = Outbox()  # exactly-once mode: answers held for the transaction that commits their offsets
         self.stop_requested = threading.Event()
         self.assigned = threading.Event()
         self._abandon = threading.Event()   # set once the loop lets go: late results are not published
@@ -206,7 +222,9 @@ class ConsumeLoop:
     def _poll_ms(self) -> int:
         if not self._completions.empty():
             return 0
-        return BUSY_POLL_MS if self.tracker.in_flight() or len(self._clock) else IDLE_POLL_MS
+        busy = self.tracker.in_flight() or len(self._clock) or len(self.outbox)
+        return BUSY_POLL_MS if busy else IDLE_POLL_MS
+
     def run(self) -> None:
         """Turn until stop is requested, then drain and leave the group."""
         try:
@@ -305,12 +323,18 @@ class ConsumeLoop:
                 self._completions.get(timeout=0.02)()
             self._run_completions()
         offsets = {tp: off for tp, off in self.tracker.committable().items() if tp in tps}
-        if commit and offsets:
-            try:
-                self.consumer.commit(offsets)
-                self.tracker.mark_committed(offsets)
-            except Exception as exc:  # the group moved on: the next owner redoes the uncommitted part
-                log.warning("commit on revoke failed", extra={"error": repr(exc)})
+        if commit and offsets:  # a failure: the group moved on, the next owner redoes the uncommitted part
+            self._commit(offsets)
+        left = self._forget(tps)
+        log.info(
+            "partitions revoked" if commit else "partitions lost",
+            extra={"partitions": [str(tp) for tp in sorted(tps)], "committed": {str(k): v for k, v in offsets.items()},
+                   "left_to_next_owner": len(left)},
+        )
+
+    def _forget(self, tps: frozenset[TopicPartition]) -> list[RecordId]:
+        """Drop every trace of these partitions' work (retries waiting, held answers, offsets), so nothing
+        answered later moves their commit; the records left unanswered are handed to the guard."""
         left = [(tp.topic, tp.partition, off) for tp in tps for off in self.tracker.unacked(tp)]
         for rid in left:
             waiting = self._timers.pop(rid, None)
@@ -318,13 +342,10 @@ class ConsumeLoop:
                 self._clock.cancel(waiting[0])
                 waiting[1]()
         self.tracker.revoke(tps)
+        self.outbox.drop(tps)
         if self.guard is not None and left:
             self.guard.handed_back(left)
-        log.info(
-            "partitions revoked" if commit else "partitions lost",
-            extra={"partitions": [str(tp) for tp in sorted(tps)], "committed": {str(k): v for k, v in offsets.items()},
-                   "left_to_next_owner": len(left)},
-        )
+        return left
 
     # -- per record ---------------------------------------------------------------------------------
     def _take_all(self, records: list[ConsumerRecord]) -> None:
@@ -444,7 +465,7 @@ class ConsumeLoop:
             log.info("transient failure, retrying later", extra={**ctx, "attempt": attempt,
                                                                   "retry_in_s": delay, "error": str(exc)})
             try:
-                self.publisher.publish_retry(record, attempt + 1, int((time.time() + delay) * 1000), acked)
+                self._answers(record).publish_retry(record, attempt + 1, int((time.time() + delay) * 1000), acked)
                 return
             except Exception:  # e.g. no retry topic: answer now rather than leave the partition stuck
                 log.exception("could not park the event on the retry topic; answering now", extra=ctx)
@@ -465,7 +486,7 @@ class ConsumeLoop:
         metrics.observe_verdict(data)
         try:
             verdict = Verdict(id=event_id, source=self.settings.source, subject=data.media_sha256, data=data)
-            self.publisher.publish_verdict(verdict, acked)
+            self._answers(record).publish_verdict(verdict, acked)
         except Exception as exc:  # a verdict that cannot be sent: the raw record goes to the DLQ instead
             log.exception("verdict could not be published", extra=ctx)
             self._dead_letter_raw(record, f"verdict could not be published: {type(exc).__name__}", acked)
@@ -479,7 +500,13 @@ class ConsumeLoop:
 
     def _dead_letter_raw(self, record: ConsumerRecord, reason: str, acked: Ack) -> None:
         room = dlq_room(self.settings.kafka.max_message_bytes)
-        self.publisher.publish_dead_letter(dead_letter(record, reason, room), acked)
+        self._answers(record).publish_dead_letter(dead_letter(record, reason, room), acked)
+
+    def _answers(self, record: ConsumerRecord) -> Answers:
+        """Where `record`'s answers go: straight to the producer, or held for their transaction."""
+        if self.exactly_once:
+            return self.outbox.sender(TopicPartition(record.topic, record.partition), record.offset)
+        return self.publisher
 
     # -- commits ------------------------------------------------------------------------------------
     def _unanswered(self) -> list[RecordId]:
@@ -493,16 +520,47 @@ class ConsumeLoop:
 
     def _commit_if_due(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._last_commit < self.settings.kafka.commit_interval_s:
+        kafka = self.settings.kafka
+        if self.exactly_once:
+            due = (now - self._last_commit >= kafka.transaction_interval_ms / 1000
+                   or len(self.outbox) >= kafka.transaction_max_records)
+        else:
+            due = now - self._last_commit >= kafka.commit_interval_s
+        if not (force or due):
             return
         self._last_commit = now
-        offsets = self.tracker.committable()
-        if offsets:
+        self._commit(self.tracker.committable())
+
+    def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit `offsets` (contiguous-answered positions): plainly, or in exactly-once mode in one
+        transaction with the held answers below them."""
+        if not offsets:
+            return
+        if not self.exactly_once:
             try:
                 self.consumer.commit(offsets)
                 self.tracker.mark_committed(offsets)
             except Exception as exc:  # a rebalance in progress: the next turn commits again
                 log.warning("commit failed", extra={"error": repr(exc)})
+            return
+        try:
+            self.publisher.commit_transaction(self.outbox.ready(offsets), offsets, self.consumer.group_metadata())
+        except TransactionAborted as exc:
+            metrics.TRANSACTIONS.labels(outcome="aborted").inc()
+            log.warning("transaction aborted: its partitions rewind to their last commit",
+                        extra={"error": str(exc), "partitions": [str(tp) for tp in sorted(offsets)]})
+            self._rewind(offsets)
+            return
+        self.outbox.forget_below(offsets)
+        self.tracker.mark_committed(offsets)
+
+    def _rewind(self, tps: Iterable[TopicPartition]) -> None:
+        """Exactly-once mode, after an abort: forget these partitions' work and read them again from their
+        last committed offsets, so every event whose answer was aborted is answered again."""
+        tps = frozenset(tps)
+        positions = self.tracker.committed_positions(tps)
+        self._forget(tps)
+        self.consumer.rewind(positions)
 
 
 def _after(n: int, then: Ack) -> Ack:

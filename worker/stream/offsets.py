@@ -41,7 +41,7 @@ class _Partition:
 
 
 class OffsetTracker:
-    """Thread-safe: `track` runs on the poll loop, `ack` on the producer's callback thread."""
+    """Written by the loop thread only (acks come back to it); locked so other threads may read it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -96,6 +96,11 @@ class OffsetTracker:
                 part = self._parts.get(_key(tp))
                 if part is not None:
                     part.committed = max(part.committed, offset)
+
+    def committed_positions(self, tps: Iterable[PartitionKey]) -> dict[TopicPartition, int]:
+        """The last commit position of each tracked partition among `tps` (where a rewind restarts it)."""
+        with self._lock:
+            return {part.tp: part.committed for tp in tps if (part := self._parts.get(_key(tp))) is not None}
 
     def pending(self, tp: PartitionKey | None = None) -> int:
         """Records taken and not acknowledged: of one partition, or of all of them."""

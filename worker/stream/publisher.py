@@ -6,6 +6,10 @@ back-off (nothing is dropped while the worker runs; if it dies, the uncommitted 
 Both are CloudEvents in structured mode and say so in a `content-type: application/cloudevents+json` header
 (the Kafka protocol binding's rule), so consumers using a CloudEvents SDK need not guess the mode. A DLQ
 record always fits the topic and always serialises (`worker.stream.envelope.dead_letter_value`).
+
+Exactly-once mode (`kafka.exactly_once`): the producer is transactional. The loop hands `commit_transaction`
+the answers of each partition's answered prefix and the offsets that follow them; both land in one
+transaction or neither does. A failed send then fails the transaction: it is not re-sent on its own.
 """
 
 from __future__ import annotations
@@ -14,19 +18,20 @@ import itertools
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from kafka import KafkaProducer
+from kafka import KafkaProducer, TopicPartition
 from kafka import errors as Errors
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.structs import OffsetAndMetadata
 
 from worker.core.contracts import DeadLetter, Verdict
 from worker.core.retry import Backoff
 from worker.core.settings import KafkaSettings
 from worker.obs import metrics
 from worker.stream.envelope import STRUCTURED_HEADERS, dead_letter_value
-from worker.stream.kafka_config import connection_config
+from worker.stream.kafka_config import connection_config, transactional_id
 
 #: Headers of a record on the retry topic: which attempt comes next, and not before when (epoch ms).
 ATTEMPT_HEADER = "dfmod-attempt"
@@ -44,9 +49,20 @@ def verdict_value(verdict: Verdict) -> bytes:
         return json.dumps(verdict.model_dump(mode="json"), ensure_ascii=True).encode("ascii")
 
 
+class TransactionAborted(Exception):
+    """A transaction failed and was aborted: none of its records and offsets count; the loop rewinds."""
+
+
+#: A deferred send: called with the publisher that makes it (exactly-once mode, inside a transaction).
+Send = Callable[["Publisher"], None]
+
+
 class Publisher:
     def __init__(self, settings: KafkaSettings, backoff: Backoff | None = None) -> None:
         self.settings = settings
+        self.transactional = settings.exactly_once
+        txn = ({"transactional_id": transactional_id(settings),
+                "transaction_timeout_ms": settings.transaction_timeout_ms} if self.transactional else {})
         self.backoff = backoff or Backoff(initial_s=1.0, max_s=30.0)
         #: Runs a re-send later: the worker points it at its loop (`ConsumeLoop.call_later`), so sends stay on the
         #: loop thread; standalone, a timer thread.
@@ -60,8 +76,33 @@ class Publisher:
             delivery_timeout_ms=120_000,  # Kafka default; must exceed linger_ms + request_timeout_ms
             max_in_flight_requests_per_connection=5,
             max_request_size=settings.max_message_bytes,
+            **txn,
             **connection_config(settings),
         )
+        if self.transactional:
+            # Fences an earlier producer with this transactional.id and aborts what it left open (KIP-98).
+            self._producer.init_transactions()
+
+    def commit_transaction(self, sends: Iterable[Send], offsets: Mapping[TopicPartition, int],
+                           group_metadata: object) -> None:
+        """Publish `sends` and commit `offsets` for the consumer group in one transaction.
+
+        Raises `TransactionAborted` when it failed and was aborted (nothing of it counts); any other error
+        (fenced by a newer producer with this id, abort impossible) is fatal to this producer.
+        """
+        self._producer.begin_transaction()
+        try:
+            for send in sends:
+                send(self)
+            self._producer.send_offsets_to_transaction(
+                {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}, group_metadata)
+            self._producer.commit_transaction()
+        except (Errors.ProducerFencedError, Errors.TransactionalIdAuthorizationFailedError):
+            raise
+        except Exception as exc:
+            self._producer.abort_transaction()  # raises when the producer is in a fatal state
+            raise TransactionAborted(repr(exc)) from exc
+        metrics.TRANSACTIONS.labels(outcome="committed").inc()
 
     def publish_verdict(self, verdict: Verdict, on_ack: Callable[[], None]) -> None:
         self._send(self.settings.verdicts_topic, verdict.id, verdict_value(verdict), on_ack)
@@ -93,6 +134,9 @@ class Publisher:
             on_ack()
 
         def failed(exc: BaseException) -> None:
+            if self.transactional:  # the transaction fails with it and is aborted; the loop redoes its records
+                log.warning("send failed in a transaction", extra={"key": key, "topic": topic, "error": repr(exc)})
+                return
             if not getattr(exc, "retriable", True) and not isinstance(exc, Errors.KafkaTimeoutError):
                 # Retrying cannot help (e.g. a record over the broker's size limit): say so loudly. The offset
                 # stays uncommitted, so the event is re-delivered after the cause is fixed; nothing is lost.

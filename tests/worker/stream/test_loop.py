@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -22,7 +22,7 @@ from worker.scoring.pipeline import Stopped, TransientFailure
 from worker.stream.consumer import RebalanceEvent
 from worker.stream.crash_guard import DeliveryGuard
 from worker.stream.loop import ConsumeLoop
-from worker.stream.publisher import ATTEMPT_HEADER
+from worker.stream.publisher import ATTEMPT_HEADER, Send, TransactionAborted
 
 TOPIC = "events"
 TP0, TP1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
@@ -48,6 +48,7 @@ class FakeConsumer:
         self.on_poll: Callable[[], None] | None = None
         self.per_poll = 1000
         self.reasons: list[str] = []
+        self.rewinds: list[dict[TopicPartition, int]] = []
 
     def poll(self, timeout_ms: int, max_records: int) -> list[ConsumerRecord]:
         if self.on_poll is not None:
@@ -73,6 +74,12 @@ class FakeConsumer:
     def close(self) -> None:
         self.closed = True
 
+    def group_metadata(self) -> object:
+        return "group-metadata"
+
+    def rewind(self, positions: Mapping[TopicPartition, int]) -> None:
+        self.rewinds.append(dict(positions))
+
     def committed(self, tp: TopicPartition) -> int | None:
         values = [c[tp] for c in self.commits if tp in c]
         return max(values) if values else None
@@ -86,6 +93,8 @@ class FakePublisher:
         self.dead: list[DeadLetter] = []
         self.retries: list[tuple[ConsumerRecord, int, int]] = []
         self.lock = threading.Lock()
+        self.transactions: list[tuple[list[str], dict[TopicPartition, int]]] = []
+        self.abort_next = 0
 
     def publish_verdict(self, verdict: Verdict, on_ack: Callable[[], None]) -> None:
         with self.lock:
@@ -102,6 +111,19 @@ class FakePublisher:
         with self.lock:
             self.retries.append((rec, attempt, not_before_ms))
         on_ack()
+
+    def commit_transaction(self, sends: Iterable[Send], offsets: Mapping[TopicPartition, int],
+                           group_metadata: object) -> None:
+        """All of `sends` and `offsets`, or (`abort_next`) none of them."""
+        assert group_metadata == "group-metadata"
+        before = len(self.verdicts), len(self.dead), len(self.retries)
+        for send in sends:
+            send(self)  # type: ignore[arg-type]
+        if self.abort_next:
+            self.abort_next -= 1
+            del self.verdicts[before[0]:], self.dead[before[1]:], self.retries[before[2]:]
+            raise TransactionAborted("broker said no")
+        self.transactions.append(([v.id for v in self.verdicts[before[0]:]], dict(offsets)))
 
     def flush(self, timeout_s: float) -> None:
         pass
@@ -527,4 +549,92 @@ def test_only_the_loop_thread_publishes_and_records_acks() -> None:
     assert publisher.send_threads == {loop_thread}
     assert ack_threads == {loop_thread}
     publisher.io.shutdown()
+    shutdown(loop)
+
+
+def exactly_once() -> tuple[ConsumeLoop, FakeConsumer, FakePublisher, ScriptedPipeline]:
+    loop, consumer, publisher, pipeline = make()
+    loop.settings.kafka.exactly_once = loop.exactly_once = True
+    loop.settings.kafka.transaction_interval_ms = 1
+    return loop, consumer, publisher, pipeline
+
+
+def test_exactly_once_publishes_answers_only_in_the_transaction_that_commits_their_offsets() -> None:
+    loop, consumer, publisher, pipeline = exactly_once()
+    pipeline.hold[uri(0, 1)] = gate = threading.Event()
+    consumer.queue = [record(o) for o in range(4)]
+    turn_until(loop, lambda: loop.tracker.in_flight() == 1 and len(loop.outbox) == 2 and
+               bool(publisher.transactions))
+    for _ in range(5):
+        time.sleep(0.002)
+        loop.turn()
+    # offsets 2 and 3 are answered, but 1 is not: their verdicts wait, unpublished, for 1
+    assert publisher.transactions == [(["e0-0"], {TP0: 1})]
+    assert publisher.ids() == ["e0-0"] and len(loop.outbox) == 2
+    gate.set()
+    turn_until(loop, lambda: loop.tracker.committable() == {} and len(loop.outbox) == 0 and
+               loop.tracker.in_flight() == 0)
+    assert publisher.ids() == ["e0-0", "e0-1", "e0-2", "e0-3"]
+    assert publisher.transactions[-1] == (["e0-1", "e0-2", "e0-3"], {TP0: 4})
+    assert consumer.commits == [], "exactly-once mode commits offsets only inside transactions"
+    shutdown(loop)
+
+
+def test_an_aborted_transaction_rewinds_its_partitions_and_their_events_are_answered_once() -> None:
+    loop, consumer, publisher, _ = exactly_once()
+    publisher.abort_next = 1
+    records = [record(o) for o in range(3)] + [record(0, 1)]
+    consumer.queue = list(records)
+    loop.settings.kafka.transaction_interval_ms = 60_000  # all four answered before the first transaction
+    loop._last_commit = time.monotonic()
+    turn_until(loop, lambda: len(loop.outbox) == 4)
+    loop.settings.kafka.transaction_interval_ms = 1
+    turn_until(loop, lambda: bool(consumer.rewinds))
+    assert consumer.rewinds == [{TP0: 0, TP1: 0}], "back to the last commit (the first offsets taken)"
+    assert publisher.ids() == [] and len(loop.outbox) == 0 and loop.tracker.in_flight() == 0
+    consumer.queue = list(records)  # what the seek makes the consumer read again
+    turn_until(loop, lambda: publisher.transactions and loop.tracker.committable() == {} and
+               loop.tracker.in_flight() == 0)
+    assert sorted(publisher.ids()) == ["e0-0", "e0-1", "e0-2", "e1-0"]
+    assert publisher.transactions == [(publisher.ids(), {TP0: 3, TP1: 1})]
+    shutdown(loop)
+
+
+def test_exactly_once_late_answers_of_a_rewound_partition_are_never_published() -> None:
+    loop, consumer, publisher, pipeline = exactly_once()
+    pipeline.hold[uri(0, 1)] = gate = threading.Event()
+    publisher.abort_next = 1
+    consumer.queue = [record(0), record(1)]
+    turn_until(loop, lambda: bool(consumer.rewinds))
+    gate.set()  # offset 1 finishes after its partition was rewound
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        loop.turn()
+    assert publisher.ids() == [] and len(loop.outbox) == 0
+    shutdown(loop)
+
+
+def test_exactly_once_lost_partitions_drop_their_held_answers() -> None:
+    loop, consumer, publisher, _ = exactly_once()
+    loop.settings.kafka.transaction_interval_ms = 60_000  # nothing commits in this test by time
+    loop._last_commit = time.monotonic()
+    consumer.queue = [record(0, 1), record(1, 1)]
+    turn_until(loop, lambda: len(loop.outbox) == 2 and loop.tracker.in_flight() == 0)
+    consumer.events = [RebalanceEvent("lost", frozenset({TP1}))]
+    loop.turn()
+    loop.drain()
+    assert len(loop.outbox) == 0 and publisher.ids() == [] and publisher.transactions == []
+    shutdown(loop)
+
+
+def test_exactly_once_revocation_commits_the_held_answers_before_letting_go() -> None:
+    loop, consumer, publisher, _ = exactly_once()
+    loop.settings.kafka.transaction_interval_ms = 60_000
+    loop._last_commit = time.monotonic()
+    consumer.queue = [record(0, 1), record(1, 1)]
+    turn_until(loop, lambda: len(loop.outbox) == 2 and loop.tracker.in_flight() == 0)
+    consumer.events = [RebalanceEvent("revoked", frozenset({TP1}))]
+    loop.turn()
+    assert publisher.transactions == [(["e1-0", "e1-1"], {TP1: 2})]
+    assert len(loop.outbox) == 0
     shutdown(loop)
