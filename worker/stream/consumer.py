@@ -28,11 +28,10 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.coordinator.base import MemberState
 from kafka.errors import CorruptRecordError
-from kafka.structs import OffsetAndMetadata
 
 from worker.core.settings import KafkaSettings
 from worker.obs import metrics
-from worker.stream.kafka_config import connection_config
+from worker.stream.kafka_config import commit_positions, connection_config
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +196,7 @@ class EventConsumer:
         """Synchronous commit; raises when the broker refuses (e.g. the generation moved on)."""
         if not offsets:
             return
-        self._consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
+        self._consumer.commit(commit_positions(offsets))
         metrics.COMMITS.inc()
 
     def group_metadata(self) -> object:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 from typing import Any
+
+from kafka import TopicPartition
+from kafka.structs import OffsetAndMetadata
 
 from worker.core.settings import KafkaSettings
 
@@ -27,6 +31,11 @@ def connection_config(settings: KafkaSettings) -> dict[str, Any]:
         if value:
             config[key] = value
     return config
+
+
+def commit_positions(offsets: Mapping[TopicPartition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
+    """Offsets as kafka-python commits them (no metadata, no leader epoch): plain and transactional commits."""
+    return {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
 
 
 def transactional_id(settings: KafkaSettings) -> str:

@@ -551,6 +551,7 @@ class ConsumeLoop:
                         extra={"error": str(exc), "partitions": [str(tp) for tp in sorted(offsets)]})
             self._rewind(offsets)
             return
+        metrics.TRANSACTIONS.labels(outcome="committed").inc()
         self.outbox.forget_below(offsets)
         self.tracker.mark_committed(offsets)
 

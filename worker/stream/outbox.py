@@ -32,21 +32,18 @@ class Outbox:
         """A `Sender` whose sends are held for (`tp`, `offset`) and acked at once."""
         return HeldSender(self._held.setdefault(tp, {}).setdefault(offset, []))
 
+    def _below(self, tp: TopicPartition, position: int) -> list[int]:
+        return sorted(o for o in self._held.get(tp, {}) if o < position)
+
     def ready(self, positions: Mapping[TopicPartition, int]) -> list[Send]:
         """The held sends below each partition's `positions` entry, partition by partition in offset order."""
-        out: list[Send] = []
-        for tp, position in positions.items():
-            held = self._held.get(tp, {})
-            for offset in sorted(o for o in held if o < position):
-                out += held[offset]
-        return out
+        return [send for tp, pos in positions.items() for o in self._below(tp, pos) for send in self._held[tp][o]]
 
     def forget_below(self, positions: Mapping[TopicPartition, int]) -> None:
         """Their transaction committed: drop what `ready(positions)` returned."""
         for tp, position in positions.items():
-            held = self._held.get(tp, {})
-            for offset in [o for o in held if o < position]:
-                del held[offset]
+            for offset in self._below(tp, position):
+                del self._held[tp][offset]
 
     def drop(self, tps: Iterable[TopicPartition]) -> None:
         """The partitions were lost or rewound: their held answers are never published."""

@@ -24,14 +24,13 @@ from typing import Any
 from kafka import KafkaProducer, TopicPartition
 from kafka import errors as Errors
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.structs import OffsetAndMetadata
 
 from worker.core.contracts import DeadLetter, Verdict
 from worker.core.retry import Backoff
 from worker.core.settings import KafkaSettings
 from worker.obs import metrics
 from worker.stream.envelope import STRUCTURED_HEADERS, dead_letter_value
-from worker.stream.kafka_config import connection_config, transactional_id
+from worker.stream.kafka_config import commit_positions, connection_config, transactional_id
 
 #: Headers of a record on the retry topic: which attempt comes next, and not before when (epoch ms).
 ATTEMPT_HEADER = "dfmod-attempt"
@@ -94,15 +93,13 @@ class Publisher:
         try:
             for send in sends:
                 send(self)
-            self._producer.send_offsets_to_transaction(
-                {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}, group_metadata)
+            self._producer.send_offsets_to_transaction(commit_positions(offsets), group_metadata)
             self._producer.commit_transaction()
         except (Errors.ProducerFencedError, Errors.TransactionalIdAuthorizationFailedError):
             raise
         except Exception as exc:
             self._producer.abort_transaction()  # raises when the producer is in a fatal state
             raise TransactionAborted(repr(exc)) from exc
-        metrics.TRANSACTIONS.labels(outcome="committed").inc()
 
     def publish_verdict(self, verdict: Verdict, on_ack: Callable[[], None]) -> None:
         self._send(self.settings.verdicts_topic, verdict.id, verdict_value(verdict), on_ack)
