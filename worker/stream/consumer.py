@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
@@ -109,6 +109,41 @@ def finish_stalled_join(coordinator: object) -> bool:
     return True
 
 
+class _UnreadJoin:
+    """A join in flight or finished whose answer kafka-python has not read yet: it says "not done" so the
+    next `poll()` awaits it (a finished one answers at once) instead of discarding it for a new JoinGroup."""
+
+    is_done = False
+
+    def __init__(self, task: Any) -> None:
+        self.task = task
+
+    def add_callback(self, fn: Callable[..., object]) -> object:
+        return self.task.add_callback(fn)
+
+    def add_errback(self, fn: Callable[..., object]) -> object:
+        return self.task.add_errback(fn)
+
+
+def keep_join_answer(coordinator: object) -> bool:
+    """Make kafka-python read the answer of a join it started; True when a join was wrapped.
+
+    kafka-python 3.0.12 awaits its JoinGroup+SyncGroup task for at most `poll()`'s timeout and leaves it
+    running; when the task finishes between two polls (on the network thread), the next poll sees it done
+    and sends a new JoinGroup, throwing the assignment away (`coordinator/base.py`, `join_group_async`:
+    `if self._join_task is None or self._join_task.is_done`). With the loop's short polls while work is in
+    flight that happens on most rebalances: the group re-forms every heartbeat interval and a partition
+    waits seconds to move. Every path that reads the task's answer resets `_join_task` to None, so a task
+    reported as not done is always read exactly once. Called after `poll()`, where the task was created:
+    nothing else touches `_join_task` between polls.
+    """
+    task = getattr(coordinator, "_join_task", None)
+    if task is None or isinstance(task, _UnreadJoin) or not hasattr(task, "add_callback"):
+        return False
+    coordinator._join_task = _UnreadJoin(task)  # type: ignore[attr-defined]
+    return True
+
+
 class EventConsumer:
     """Owns the KafkaConsumer. Not thread-safe (kafka-python's consumer is not): call it from the loop only."""
 
@@ -143,6 +178,7 @@ class EventConsumer:
         except CorruptRecordError as exc:  # a record kafka-python itself cannot decode (e.g. a non-UTF-8 header key)
             return [self._skip_undecodable(exc)]
         finish_stalled_join(self._coordinator)
+        keep_join_answer(self._coordinator)
         return [record for records in batches.values() for record in records]
 
     def _skip_undecodable(self, exc: CorruptRecordError) -> ConsumerRecord:
