@@ -44,7 +44,7 @@ from worker.core.errors import ErrorCode, MediaError
 from worker.core.settings import DecodeSettings
 from worker.core.types import DecodedMedia, Frame, RGBImage, Sampling
 from worker.media.frame_times import even_indices, even_times
-from worker.media.image_header import check_image_header
+from worker.media.image_header import check_image_header, sniff_container
 from worker.media.keyframe_seek import PacketIndex, SeekUnreliable, decode_ranks, keyframe_ranks, scan_packets
 
 log = logging.getLogger(__name__)
@@ -359,31 +359,3 @@ def _estimate(duration: float, rate: Fraction | None) -> int:
 
 def _allowed_container(name: str, settings: DecodeSettings) -> bool:
     return any(name in allowed.split(",") for allowed in settings.allowed_containers)
-
-
-def sniff_container(blob: bytes) -> str | None:
-    """The container the first bytes announce (FFmpeg demuxer name), to tell corrupt media from non-media."""
-    head = blob[:16]
-    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot"):
-        return "mp4"
-    if head.startswith(b"\x1a\x45\xdf\xa3"):
-        return "matroska"
-    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
-        return "avi"
-    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        return "webp_pipe"
-    if head.startswith(b"FLV"):
-        return "flv"
-    if head.startswith((b"GIF87a", b"GIF89a")):
-        return "gif"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png_pipe"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg_pipe"
-    if head.startswith(b"BM"):
-        return "bmp_pipe"
-    if head.startswith((b"II*\x00", b"MM\x00*")):
-        return "tiff_pipe"
-    if len(blob) > 188 and blob[0] == 0x47 and blob[188] == 0x47:
-        return "mpegts"
-    return None

@@ -16,6 +16,7 @@ DECODE_FAILED or UNSUPPORTED_MEDIA as before.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from worker.core.errors import ErrorCode, MediaError
@@ -37,24 +38,42 @@ class ImageHeader:
         return self.width * self.height
 
 
+def sniff_container(blob: bytes) -> str | None:
+    """The container the first bytes announce (FFmpeg demuxer name): picks the image header reader, and tells
+    corrupt media from non-media. The one table of magic bytes."""
+    head = blob[:16]
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot"):
+        return "mp4"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "matroska"
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "avi"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "webp_pipe"
+    if head.startswith(b"FLV"):
+        return "flv"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png_pipe"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg_pipe"
+    if head.startswith(b"BM"):
+        return "bmp_pipe"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "tiff_pipe"
+    if len(blob) > 188 and blob[0] == 0x47 and blob[188] == 0x47:
+        return "mpegts"
+    return None
+
+
 def probe_image(blob: bytes) -> ImageHeader | None:
     """The format and dimensions an image file's header declares, or None when it is not one we can read."""
+    reader = _READERS.get(sniff_container(blob) or "")
     try:
-        if blob.startswith(b"\x89PNG\r\n\x1a\n"):
-            return _png(blob)
-        if blob.startswith(b"\xff\xd8"):
-            return _jpeg(blob)
-        if blob.startswith((b"GIF87a", b"GIF89a")):
-            return _sized("gif", *struct.unpack_from("<HH", blob, 6))
-        if blob.startswith(b"RIFF") and blob[8:12] == b"WEBP":
-            return _webp(blob)
-        if blob.startswith(b"BM"):
-            return _bmp(blob)
-        if blob.startswith((b"II*\x00", b"MM\x00*")):
-            return _tiff(blob)
+        return reader(blob) if reader is not None else None
     except (struct.error, IndexError):
         return None  # truncated header
-    return None
 
 
 def check_image_header(blob: bytes, max_pixels: int) -> ImageHeader | None:
@@ -144,3 +163,13 @@ def _tiff(blob: bytes) -> ImageHeader | None:
             if len(found) == 2:
                 return _sized("tiff", found[256], found[257])
     return None
+
+
+def _gif(blob: bytes) -> ImageHeader | None:
+    return _sized("gif", *struct.unpack_from("<HH", blob, 6))
+
+
+#: The header reader of each still format `sniff_container` names.
+_READERS: dict[str, Callable[[bytes], ImageHeader | None]] = {
+    "png_pipe": _png, "jpeg_pipe": _jpeg, "gif": _gif, "webp_pipe": _webp, "bmp_pipe": _bmp, "tiff_pipe": _tiff,
+}
