@@ -8,7 +8,6 @@ ONNX Runtime) and whether a cache is attached differ.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from types import TracebackType
 
 from worker.core.contracts import ModelInfo
@@ -45,7 +44,7 @@ class Engine:
         backend: InferenceBackend,
         use_cache: bool = True,
         on_batch: BatchHook | None = _record_batch,
-        detector_factory: Callable[[], FaceDetector] | None = None,
+        detector: FaceDetector | None = None,
     ) -> None:
         self.backend = backend
         try:
@@ -61,7 +60,7 @@ class Engine:
             if use_cache else None
         )
         self.pipeline = MediaPipeline(
-            settings, self.batcher, self.model, self.cache, detector_factory=detector_factory,
+            settings, self.batcher, self.model, self.cache, detector=detector,
             breaker=self.breaker, budget=Budget(settings.max_in_flight_bytes, "bytes"),
             face_budget=Budget(settings.max_faces_in_flight, "faces"),
         )

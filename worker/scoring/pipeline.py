@@ -45,10 +45,6 @@ from worker.scoring.timers import TimerHandle, TimerQueue
 
 log = logging.getLogger(__name__)
 
-#: Threads that aggregate and write the cache once scores are back (quick work; Redis has a 0.25 s timeout).
-FINISH_THREADS = 2
-
-
 class TransientFailure(Exception):
     """This attempt failed in a way a later one may not (an origin answering 503): retry the event later."""
 
@@ -119,7 +115,7 @@ class MediaPipeline:
         batcher: MicroBatcher,
         model: ModelInfo,
         cache: VerdictCache | None = None,
-        detector_factory: Callable[[], FaceDetector] | None = None,
+        detector: FaceDetector | None = None,
         breaker: Breaker | None = None,
         budget: Budget | None = None,
         face_budget: Budget | None = None,
@@ -133,15 +129,15 @@ class MediaPipeline:
         self.breaker = breaker or Breaker("inference")
         self.budget = budget or Budget(settings.max_in_flight_bytes, "bytes")
         self.face_budget = face_budget or Budget(settings.max_faces_in_flight, "faces")
-        self._detector_factory = detector_factory or (lambda: create_detector(settings.faces))
-        self._local = threading.local()
+        self._faces = detector  # built on first use: create_detector's detector is already one per thread
+        self._faces_lock = threading.Lock()
         self._leaders: dict[str, Future[VerdictData]] = {}
         self._leaders_lock = threading.Lock()
         self._stop = threading.Event()
         self._pending: set[Future[VerdictData]] = set()
         self._pending_lock = threading.Lock()
         self._cpu = ThreadPoolExecutor(max(1, settings.media_threads), thread_name_prefix="media")
-        self._finisher = ThreadPoolExecutor(FINISH_THREADS, thread_name_prefix="media-finish")
+        self._finisher = ThreadPoolExecutor(settings.finish_threads, thread_name_prefix="media-finish")
         self._timers = TimerQueue("pipeline-timers")
         retry = settings.retry
         self._backoff = Backoff(initial_s=retry.backoff_initial_s, max_s=retry.backoff_max_s)
@@ -386,11 +382,10 @@ class MediaPipeline:
 
     # -- helpers ------------------------------------------------------------------------------------
     def _detector(self) -> FaceDetector:
-        detector: FaceDetector | None = getattr(self._local, "detector", None)
-        if detector is None:
-            detector = self._detector_factory()
-            self._local.detector = detector
-        return detector
+        with self._faces_lock:
+            if self._faces is None:
+                self._faces = create_detector(self.settings.faces)
+            return self._faces
 
     def _check_deadline(self, item: _Item, stage: str) -> None:
         if time.monotonic() > item.deadline:
