@@ -63,7 +63,7 @@ def _worker(args: argparse.Namespace) -> int:
     settings = _settings()
     logs.configure(settings.log_level)
     metrics.IN_FLIGHT_LIMIT.set(settings.max_in_flight)
-    health = HealthState()
+    health = HealthState(settings.liveness_stall_s)
     checked = threading.Event()
     health.ready_checks["startup_checks"] = checked.is_set  # /readyz stays 503 until every check has passed
     try:

@@ -50,6 +50,14 @@ class KafkaSettings(BaseModel):
     ready_timeout_s: float = 60.0
     #: The broker's `message.max.bytes`: producers' max request size, and the cap on DLQ payloads.
     max_message_bytes: int = 1_048_576
+    #: The producer's `linger.ms` (how long a send waits to join a batch) and `retries` (re-sends of a failed
+    #: request inside the producer, within its 120 s delivery timeout).
+    producer_linger_ms: int = Field(default=5, ge=0)
+    producer_retries: int = Field(default=5, ge=0)
+    #: A send the producer gave up on is sent again by the loop after this back-off (doubling, capped):
+    #: a broker outage delays verdicts, it never drops them.
+    resend_backoff_initial_s: float = Field(default=1.0, gt=0)
+    resend_backoff_max_s: float = Field(default=30.0, gt=0)
     #: Exactly-once verdicts (Kafka transactions, KIP-98/447): each answer is published in one transaction with
     #: the consumed offsets of its partition's answered prefix, so a `read_committed` reader sees every event
     #: answered once, even across kill -9. Off: at-least-once (a crash re-publishes what was answered since the
@@ -188,6 +196,10 @@ class RetrySettings(BaseModel):
     #: Redeliveries of one record after which it is dead-lettered unprocessed: it was in flight each
     #: time a worker died (crash-loop guard, worker.stream.crash_guard). 0 disables the guard.
     max_deliveries: int = 3
+    #: How long the crash-loop guard keeps a record's delivery count in Redis after its last delivery.
+    guard_ttl_s: int = Field(default=7 * 86400, ge=1)
+    #: While a dependency (Triton) is down, how often the loop asks whether it is back.
+    probe_interval_s: float = Field(default=2.0, gt=0)
 
 
 class CacheSettings(BaseModel):
@@ -231,6 +243,8 @@ class WorkerSettings(BaseSettings):
     #: Threads that fetch, decode and detect (CPU-bound work in C code that releases the GIL). They never
     #: wait for inference: an item's crops go to the batcher and the thread takes the next item.
     media_threads: int = 4
+    #: Threads that aggregate and write the cache once scores are back (quick work; Redis has a 0.25 s timeout).
+    finish_threads: int = Field(default=2, ge=1)
     #: Wall-time budget for one media item, fetch to verdict.
     media_timeout_s: float = 120.0
     #: On SIGTERM, how long to wait for in-flight events before leaving them (unanswered, uncommitted)
@@ -239,6 +253,8 @@ class WorkerSettings(BaseSettings):
     #: Every this many seconds the worker hands freed heap memory back to the OS (glibc `malloc_trim`,
     #: worker/obs/memory.py), so RSS follows what is in use rather than the busiest moment; 0 disables it.
     malloc_trim_interval_s: float = Field(default=10.0, ge=0)
+    #: `/healthz` (liveness) fails when the consume loop has not turned for this long: a wedged worker restarts.
+    liveness_stall_s: float = Field(default=60.0, gt=0)
     http_host: str = "0.0.0.0"
     http_port: int = 9100
     log_level: str = "INFO"

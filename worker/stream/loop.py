@@ -61,7 +61,6 @@ log = logging.getLogger(__name__)
 Ack = Callable[[], None]
 
 #: While inference is down, how often the loop asks the backend whether it is back.
-PROBE_EVERY_S = 2.0
 #: How long one poll may block: long while nothing is in flight, short while completions may arrive (they
 #: wait in the queue until the poll returns, so this bounds the latency the single completion path adds).
 IDLE_POLL_MS = 100
@@ -171,7 +170,7 @@ class ConsumeLoop:
         self.breaker = breaker or Breaker("inference")
         self.guard = guard
         self.probe = probe
-        self.health = health or HealthState()
+        self.health = health or HealthState(settings.liveness_stall_s)
         self.tracker = OffsetTracker()
         self.exactly_once = settings.kafka.exactly_once
         self.outbox = Outbox()  # exactly-once mode: answers held for the transaction that commits their offsets
@@ -295,7 +294,7 @@ class ConsumeLoop:
 
     def _probe_if_down(self) -> None:
         now = time.monotonic()
-        if self.breaker.is_open and now - self._last_probe >= PROBE_EVERY_S:
+        if self.breaker.is_open and now - self._last_probe >= self.settings.retry.probe_interval_s:
             self._last_probe = now
             if self.probe():
                 self.breaker.success()
@@ -588,12 +587,13 @@ class Worker:
         self.settings = settings
         self.engine = Engine(settings, backend)
         self.model = self.engine.model
-        self.health = health or HealthState()
+        self.health = health or HealthState(settings.liveness_stall_s)
         self._server = server
         self.publisher = Publisher(settings.kafka)  # its re-sends are scheduled on the loop below
         kafka = settings.kafka
         self.consumer = EventConsumer(kafka, [kafka.events_topic, kafka.retry_topic])
-        self.guard = DeliveryGuard(settings.cache, kafka.group_id, settings.retry.max_deliveries)
+        self.guard = DeliveryGuard(settings.cache, kafka.group_id, settings.retry.max_deliveries,
+                                   ttl_s=settings.retry.guard_ttl_s)
         self.loop = ConsumeLoop(
             settings, self.consumer, self.publisher, self.engine.pipeline, self.model,
             breaker=self.engine.breaker, guard=self.guard, probe=backend.is_ready, health=self.health,

@@ -62,7 +62,8 @@ class Publisher:
         self.transactional = settings.exactly_once
         txn = ({"transactional_id": transactional_id(settings),
                 "transaction_timeout_ms": settings.transaction_timeout_ms} if self.transactional else {})
-        self.backoff = backoff or Backoff(initial_s=1.0, max_s=30.0)
+        self.backoff = backoff or Backoff(initial_s=settings.resend_backoff_initial_s,
+                                          max_s=settings.resend_backoff_max_s)
         #: Runs a re-send later: the worker points it at its loop (`ConsumeLoop.call_later`), so sends stay on the
         #: loop thread; standalone, a timer thread.
         self.schedule: Callable[[float, Callable[[], None]], None] = _timer_thread
@@ -70,8 +71,8 @@ class Publisher:
         self._producer = KafkaProducer(
             acks="all",
             enable_idempotence=True,
-            linger_ms=5,
-            retries=5,
+            linger_ms=settings.producer_linger_ms,
+            retries=settings.producer_retries,
             delivery_timeout_ms=120_000,  # Kafka default; must exceed linger_ms + request_timeout_ms
             max_in_flight_requests_per_connection=5,
             max_request_size=settings.max_message_bytes,
