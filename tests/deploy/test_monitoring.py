@@ -206,6 +206,13 @@ def test_every_alert_has_a_runbook_section(operator_mode: list[Manifest]) -> Non
         assert anchor == f"runbook-{rule['alert'].lower()}" and anchor in anchors, f"{rule['alert']}: {url}"
 
 
+def test_the_alert_table_lists_every_alert_the_chart_ships(operator_mode: list[Manifest]) -> None:
+    """docs/deploy.md's alert table names each shipped alert once, in the chart's order."""
+    docs = (REPO / "docs" / "deploy.md").read_text()
+    table = re.findall(r"^\| \[(Dfmod\w+)\]\(#runbook-", docs, re.M)
+    assert table == [rule["alert"] for rule in rules(operator_mode)]
+
+
 def test_no_runbook_link_without_a_runbook_base_url(annotation_mode: list[Manifest]) -> None:
     """The chart does not invent where the runbooks live: unset, the alerts carry no runbook_url."""
     assert yaml.safe_load((CHART / "values.yaml").read_text())["metrics"]["prometheusRule"]["runbookBaseUrl"] == ""
