@@ -83,29 +83,44 @@ class Breaker:
     Any failure opens it; the first success closes it. While it is open the consume loop takes no new
     work and /readyz fails; in-flight work keeps retrying with `Backoff` and closes it when the
     dependency answers again. `on_change(open)` feeds the breaker-state metric.
+
+    An optional dependency (Redis) is skipped while the breaker is open, and tried again `retry_after_s`
+    after its last failure (`allows`): an outage costs one timeout per cool-off, not one per event.
     """
 
-    def __init__(self, name: str, on_change: Callable[[bool], None] | None = None) -> None:
+    def __init__(self, name: str, on_change: Callable[[bool], None] | None = None,
+                 retry_after_s: float = 0.0) -> None:
         self.name = name
+        self.retry_after_s = retry_after_s
         self._on_change = on_change
         self._lock = threading.Lock()
         self._open_since: float | None = None
+        self._last_failure = 0.0
 
     @property
     def is_open(self) -> bool:
         return self._open_since is not None
 
-    def failure(self) -> None:
+    def allows(self) -> bool:
+        """Whether to use the dependency now: closed, or `retry_after_s` past its last failure (a probe)."""
+        return self._open_since is None or time.monotonic() - self._last_failure >= self.retry_after_s
+
+    def failure(self) -> bool:
+        """Record a failure; True when it opened the breaker (the first failure of an outage)."""
         with self._lock:
             changed = self._open_since is None
+            self._last_failure = time.monotonic()
             if changed:
-                self._open_since = time.monotonic()
+                self._open_since = self._last_failure
         if changed and self._on_change is not None:
             self._on_change(True)
+        return changed
 
-    def success(self) -> None:
+    def success(self) -> bool:
+        """Record a success; True when it closed the breaker (the dependency is back)."""
         with self._lock:
             changed = self._open_since is not None
             self._open_since = None
         if changed and self._on_change is not None:
             self._on_change(False)
+        return changed

@@ -25,11 +25,11 @@ import json
 import logging
 import re
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 from worker.core.contracts import ModelInfo
+from worker.core.retry import Breaker
 from worker.core.settings import CacheSettings
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,26 @@ def cache_key(media_sha256: str, model: ModelInfo, pipeline_version: str, prefix
     return f"{prefix}{sha}:{model_digest(model, pipeline_version)}"
 
 
+def redis_client(settings: CacheSettings) -> Any:
+    """The Redis client of the verdict cache and the crash-loop guard: bounded timeouts, no retry on a timeout."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    password = settings.password.get_secret_value() if settings.password is not None else None
+    return redis.Redis.from_url(
+        settings.url,
+        password=password,
+        socket_timeout=settings.socket_timeout_s,
+        socket_connect_timeout=settings.socket_timeout_s,
+        # One immediate retry on a broken connection (a pooled socket that died while Redis
+        # restarted), none on a timeout: a slow Redis must cost one timeout, then the breaker.
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        retry_on_timeout=False,
+        health_check_interval=0,
+    )
+
+
 class VerdictCache:
     """GET/SET of verdict dicts as JSON with a TTL. Never raises, never stalls; `enabled=False` is a no-op.
 
@@ -82,25 +102,8 @@ class VerdictCache:
         self.errors = 0
         self.skips = 0
         self._lock = threading.Lock()
-        self._open_until = 0.0  # monotonic time before which Redis is skipped (breaker open)
-        self._client: Any = None
-        if self.enabled:
-            import redis
-            from redis.backoff import NoBackoff
-            from redis.retry import Retry
-
-            password = settings.password.get_secret_value() if settings.password is not None else None
-            self._client = redis.Redis.from_url(
-                settings.url,
-                password=password,
-                socket_timeout=settings.socket_timeout_s,
-                socket_connect_timeout=settings.socket_timeout_s,
-                # One immediate retry on a broken connection (a pooled socket that died while Redis
-                # restarted), none on a timeout: a slow Redis must cost one timeout, then the breaker.
-                retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
-                retry_on_timeout=False,
-                health_check_interval=0,
-            )
+        self.breaker = Breaker("redis", retry_after_s=settings.retry_after_s)
+        self._client: Any = redis_client(settings) if self.enabled else None
 
     # -- bookkeeping -----------------------------------------------------------------------------------
 
@@ -123,25 +126,20 @@ class VerdictCache:
     def _available(self) -> bool:
         if not self.enabled:
             return False
-        if time.monotonic() < self._open_until:
+        if not self.breaker.allows():
             self._count("skip")
             return False
         return True
 
     def _failed(self, op: str, exc: BaseException) -> None:
-        with self._lock:
-            already_open = self._open_until > 0.0
-            self._open_until = time.monotonic() + self.settings.retry_after_s
         self._count("error")
-        if not already_open:  # one warning per outage, not one per event
+        if self.breaker.failure():  # one warning per outage, not one per event
             log.warning(
                 "redis %s failed, skipping the cache for %.1f s: %s", op, self.settings.retry_after_s, exc
             )
 
     def _succeeded(self) -> None:
-        if self._open_until:
-            with self._lock:
-                self._open_until = 0.0
+        if self.breaker.success():
             log.info("redis is back, verdict cache in use again")
 
     # -- operations ------------------------------------------------------------------------------------

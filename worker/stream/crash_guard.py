@@ -14,11 +14,12 @@ Redis is the shared store because the next owner is usually another pod.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable
 from typing import Any
 
+from worker.core.retry import Breaker
 from worker.core.settings import CacheSettings
+from worker.scoring.cache import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +35,10 @@ class DeliveryGuard:
         self.max_deliveries = max_deliveries
         self._prefix = f"dfmod:deliveries:{group_id}:"
         self._ttl_s = ttl_s
-        self._retry_after_s = settings.retry_after_s
-        self._down_until = 0.0
+        self.breaker = Breaker("redis", retry_after_s=settings.retry_after_s)
         self._client = client
         if client is None and max_deliveries > 0:
-            import redis
-
-            password = settings.password.get_secret_value() if settings.password else None
-            self._client = redis.Redis.from_url(
-                settings.url, password=password, socket_timeout=settings.socket_timeout_s,
-                socket_connect_timeout=settings.socket_timeout_s,
-            )
+            self._client = redis_client(settings)
 
     @property
     def enabled(self) -> bool:
@@ -55,19 +49,21 @@ class DeliveryGuard:
 
     def _run(self, op: str, commands: list[tuple[str, tuple[Any, ...]]]) -> list[Any] | None:
         client = self._client
-        if client is None or self.max_deliveries <= 0 or not commands or time.monotonic() < self._down_until:
+        if client is None or self.max_deliveries <= 0 or not commands or not self.breaker.allows():
             return None
         try:
             pipe = client.pipeline(transaction=False)
             for name, args in commands:
                 getattr(pipe, name)(*args)
-            return list(pipe.execute())
+            result = list(pipe.execute())
         except Exception as exc:
-            if not self._down_until:
+            if self.breaker.failure():
                 log.warning("crash-loop guard: redis %s failed, guard off for %.0f s: %s",
-                            op, self._retry_after_s, exc)
-            self._down_until = time.monotonic() + self._retry_after_s
+                            op, self.breaker.retry_after_s, exc)
             return None
+        if self.breaker.success():
+            log.info("crash-loop guard: redis is back, delivery counts kept again")
+        return result
 
     def begin(self, records: Iterable[RecordId]) -> dict[RecordId, int]:
         """Count one more delivery of each record; returns the counts (empty while Redis is unreachable)."""
@@ -78,7 +74,6 @@ class DeliveryGuard:
         result = self._run("INCR", commands)
         if result is None:
             return {}
-        self._down_until = 0.0
         return {rid: int(result[2 * i]) for i, rid in enumerate(rids)}
 
     def poisoned(self, count: int | None) -> bool:

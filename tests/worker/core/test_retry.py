@@ -1,4 +1,4 @@
-"""The one retry helper: capped exponential back-off, give-up at the deadline, and the byte budget."""
+"""The one retry helper: capped exponential back-off, give-up at the deadline, the breaker, and the byte budget."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from worker.core.retry import Backoff, GaveUp, retry_call
+from worker.core import retry
+from worker.core.retry import Backoff, Breaker, GaveUp, retry_call
 from worker.scoring.budget import Budget
 
 
@@ -86,3 +87,21 @@ def test_byte_budget_bounds_what_is_held_and_lets_a_big_item_run_alone() -> None
     assert budget.used == 0 and len(seen) == 6
     for size, used in seen:
         assert used == 250 if size == 250 else used <= 100, (size, used)
+
+
+def test_an_optional_dependency_is_skipped_while_open_and_tried_again_after_the_cool_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(retry.time, "monotonic", lambda: now[0])
+    breaker = Breaker("redis", retry_after_s=5.0)
+    assert breaker.allows()
+    assert breaker.failure() and not breaker.allows(), "the first failure opens it: skip"
+    now[0] += 4.9
+    assert not breaker.allows()
+    now[0] += 0.2
+    assert breaker.allows(), "past the cool-off: one probe"
+    assert not breaker.failure() and not breaker.allows(), "a failed probe restarts the cool-off, stays open"
+    now[0] += 5.0
+    assert breaker.success() and breaker.allows() and not breaker.is_open
+    assert not breaker.success(), "closing twice says so once"
