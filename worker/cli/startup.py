@@ -32,11 +32,11 @@ from worker.core.contracts import ModelInfo
 from worker.core.model_config import check_preprocessing
 from worker.core.settings import FaceSettings, KafkaSettings, TritonSettings, WorkerSettings
 from worker.infer.base import CROP_SHAPE, INPUT_NAME, OUTPUT_EMBEDDING, OUTPUT_FAKE_PROB, InferenceBackend
+from worker.infer.triton import CONTROL_TIMEOUT_S, TritonBackend, index_models
 
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "DFMOD_"
-_CONTROL_TIMEOUT_S = 2.0
 _BLANK_FRAME = np.zeros((240, 320, 3), dtype=np.uint8)
 
 
@@ -171,12 +171,12 @@ def contract_problems(metadata: Mapping[str, Any]) -> list[str]:
 def _index_entry(client: Any, name: str) -> Mapping[str, Any] | None:
     """The model's repository-index entry (state and reason), when the server lets us read the index."""
     try:
-        index = client.get_model_repository_index(as_json=True, client_timeout=_CONTROL_TIMEOUT_S)
+        index = client.get_model_repository_index(as_json=True, client_timeout=CONTROL_TIMEOUT_S)
     except Exception:
         return None
-    models = index.get("models", []) if isinstance(index, Mapping) else index
-    entries = [m for m in models or [] if m.get("name") == name]
-    return entries[-1] if entries else {"state": "ABSENT", "names": sorted({m.get("name") for m in models or []})}
+    models = index_models(index)
+    entries = [m for m in models if m.get("name") == name]
+    return entries[-1] if entries else {"state": "ABSENT", "names": sorted({str(m.get("name")) for m in models})}
 
 
 def _not_ready_reason(client: Any, settings: TritonSettings) -> str:
@@ -200,9 +200,9 @@ def wait_for_triton(settings: TritonSettings, client: Any, beat: Beat = _no_beat
     while True:
         beat()
         try:
-            live = bool(client.is_server_live(client_timeout=_CONTROL_TIMEOUT_S))
+            live = bool(client.is_server_live(client_timeout=CONTROL_TIMEOUT_S))
             if live and client.is_model_ready(settings.model_name, settings.model_version,
-                                              client_timeout=_CONTROL_TIMEOUT_S):
+                                              client_timeout=CONTROL_TIMEOUT_S):
                 return
             last = "server not live" if not live else _not_ready_reason(client, settings)
         except Exception as exc:
@@ -223,7 +223,7 @@ def check_model(settings: TritonSettings, client: Any, backend: InferenceBackend
     """The served model honours the contract and was trained on this worker's crops."""
     try:
         metadata = client.get_model_metadata(settings.model_name, settings.model_version, as_json=True,
-                                             client_timeout=_CONTROL_TIMEOUT_S)
+                                             client_timeout=CONTROL_TIMEOUT_S)
     except Exception as exc:
         raise StartupError(Failure.MODEL_NOT_READY,
                            f"cannot read the metadata of model {settings.model_name}: {_short(exc)}") from exc
@@ -241,15 +241,10 @@ def check_model(settings: TritonSettings, client: Any, backend: InferenceBackend
     return model
 
 
-def check_triton(settings: TritonSettings, backend: InferenceBackend, beat: Beat = _no_beat) -> ModelInfo:
-    import tritonclient.grpc as grpcclient  # heavy import, kept out of `dfmod --help`
-
-    client = grpcclient.InferenceServerClient(url=settings.url)
-    try:
-        wait_for_triton(settings, client, beat)
-        return check_model(settings, client, backend)
-    finally:
-        client.close()
+def check_triton(settings: TritonSettings, backend: TritonBackend, beat: Beat = _no_beat) -> ModelInfo:
+    """Triton live, the model ready and honouring the contract, asked through the backend's own client."""
+    wait_for_triton(settings, backend.client, beat)
+    return check_model(settings, backend.client, backend)
 
 
 # -- 4. Kafka -----------------------------------------------------------------------------------------------
@@ -291,7 +286,7 @@ def check_kafka(settings: KafkaSettings, beat: Beat = _no_beat) -> None:
 
 
 # -- all of them --------------------------------------------------------------------------------------------
-def run_checks(settings: WorkerSettings, backend: InferenceBackend, beat: Beat = _no_beat) -> ModelInfo:
+def run_checks(settings: WorkerSettings, backend: TritonBackend, beat: Beat = _no_beat) -> ModelInfo:
     """Every check, in order; returns the served model's info. Raises StartupError at the first failure."""
     started = time.monotonic()
     check_detector(settings.faces)

@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 #: Polling while Triton starts: quick at first (a local server is up in seconds), then every 2 s.
 _READY_BACKOFF = Backoff(initial_s=0.25, factor=2.0, max_s=2.0, jitter=0.0)
 
-#: Deadline of the small control calls (liveness, readiness, metadata): they must never hold /readyz.
-_CONTROL_TIMEOUT_S = 2.0
+#: Deadline of one control call (liveness, readiness, index, metadata, config): never holds /readyz or start-up.
+CONTROL_TIMEOUT_S = 2.0
 
 
 def _version_key(version: str) -> tuple[int, str]:
@@ -62,12 +62,17 @@ def _once(fn: Callable[[], None]) -> Callable[[], None]:
     return run
 
 
-def latest_ready_version(index: Mapping[str, Any] | list[Any], model_name: str) -> str | None:
-    """Highest READY version of `model_name` in a repository index (`get_model_repository_index` JSON)."""
+def index_models(index: Mapping[str, Any] | list[Any] | None) -> list[Mapping[str, Any]]:
+    """The entries of a repository index (`get_model_repository_index` JSON: a dict with `models`, or a list)."""
     models = index.get("models", []) if isinstance(index, Mapping) else index
+    return [m for m in models or [] if isinstance(m, Mapping)]
+
+
+def latest_ready_version(index: Mapping[str, Any] | list[Any], model_name: str) -> str | None:
+    """Highest READY version of `model_name` in a repository index."""
     versions = [
         str(m.get("version", ""))
-        for m in models
+        for m in index_models(index)
         if m.get("name") == model_name and m.get("state") == "READY" and m.get("version")
     ]
     return max(versions, key=_version_key) if versions else None
@@ -92,6 +97,11 @@ class TritonBackend:
 
     # -- start-up -------------------------------------------------------------------------------------
 
+    @property
+    def client(self) -> Any:
+        """The gRPC client, which the start-up checks share (one connection to Triton per worker)."""
+        return self._client
+
     def resolve_version(self) -> str:
         """The configured version, or the highest ready one (repository index, else model metadata)."""
         if self._version:
@@ -99,14 +109,14 @@ class TritonBackend:
         name = self.settings.model_name
         version: str | None = None
         try:
-            index = self._client.get_model_repository_index(as_json=True, client_timeout=_CONTROL_TIMEOUT_S)
+            index = self._client.get_model_repository_index(as_json=True, client_timeout=CONTROL_TIMEOUT_S)
             version = latest_ready_version(index, name)
         except Exception as exc:  # the index API may be disabled or restricted; metadata is the fallback
             log.debug("repository index unavailable: %s", exc)
         if version is None:
             try:
                 meta = self._client.get_model_metadata(
-                    name, "", as_json=True, client_timeout=_CONTROL_TIMEOUT_S
+                    name, "", as_json=True, client_timeout=CONTROL_TIMEOUT_S
                 )
             except Exception as exc:
                 raise InferenceError(f"cannot read the metadata of model {name!r}: {exc}") from exc
@@ -123,10 +133,10 @@ class TritonBackend:
         Raises InferenceError on timeout, ValueError at once on malformed model parameters.
         """
         def check() -> None:
-            if not self._client.is_server_live(client_timeout=_CONTROL_TIMEOUT_S):
+            if not self._client.is_server_live(client_timeout=CONTROL_TIMEOUT_S):
                 raise InferenceError("server not live")
             version = self.resolve_version()
-            if not self._client.is_model_ready(self.settings.model_name, version, client_timeout=_CONTROL_TIMEOUT_S):
+            if not self._client.is_model_ready(self.settings.model_name, version, client_timeout=CONTROL_TIMEOUT_S):
                 raise InferenceError(f"model {self.settings.model_name}/{version} not ready")
             self.model_info()
 
@@ -147,7 +157,7 @@ class TritonBackend:
                 version = self.resolve_version()
                 try:
                     config = self._client.get_model_config(
-                        self.settings.model_name, version, as_json=True, client_timeout=_CONTROL_TIMEOUT_S
+                        self.settings.model_name, version, as_json=True, client_timeout=CONTROL_TIMEOUT_S
                     )
                 except Exception as exc:
                     raise InferenceError(
@@ -169,9 +179,9 @@ class TritonBackend:
         try:
             version = self._version or self.resolve_version()
             return bool(
-                self._client.is_server_live(client_timeout=_CONTROL_TIMEOUT_S)
+                self._client.is_server_live(client_timeout=CONTROL_TIMEOUT_S)
                 and self._client.is_model_ready(
-                    self.settings.model_name, version, client_timeout=_CONTROL_TIMEOUT_S
+                    self.settings.model_name, version, client_timeout=CONTROL_TIMEOUT_S
                 )
             )
         except Exception:
