@@ -234,8 +234,10 @@ class WorkerSettings(BaseSettings):
     #: in-flight Triton request (triton.max_in_flight x batch.max_size = 128) while the CPU stages work on
     #: the next events; memory is bounded by the two size budgets below, not by this count.
     max_in_flight: int = 256
-    #: Media bytes (event records, and fetched media being decoded) at once; a media thread waits for room
-    #: before decoding (one item larger than this runs alone). Bounds memory by size, not only by count.
+    #: Media bytes at once, bounded at two points with this one limit: the event records taken and not yet
+    #: answered (above it the consumer pauses), and the media being decoded and detected, fetched or inline
+    #: (a media thread waits for room; one item larger than this runs alone). Inline media counts at both,
+    #: as it is held twice (the record, its decoded bytes): peak media memory is at most twice this.
     max_in_flight_bytes: int = 256 * 1024 * 1024
     #: Face crops (150 KB each) handed to the micro-batcher and not yet scored; a media thread with crops
     #: waits for room before it hands them over (one item with more faces runs alone).
