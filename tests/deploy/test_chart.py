@@ -368,6 +368,21 @@ def test_topics_and_static_membership_from_kafka_values(tools: Tools, monkeypatc
     assert kubeconform(tools, yaml.safe_dump_all(rendered))["summary"]["invalid"] == 0
 
 
+def test_exactly_once_gives_each_pod_its_own_transactional_id(tools: Tools, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A transactional.id per pod, from its name: two replicas sharing one would fence each other."""
+    env = _env(one(parse(template(tools, False)), "Deployment", WORKER), "worker")
+    assert "DFMOD_KAFKA__TRANSACTIONAL_ID" not in env, "at-least-once (the default) needs none"
+    rendered = parse(template(tools, False, "worker.settings.kafka.exactly_once=true"))
+    env = _env(one(rendered, "Deployment", WORKER), "worker")
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["DFMOD_KAFKA__TRANSACTIONAL_ID"]["value"] == "dfmod-worker-$(POD_NAME)"
+    names = [e["name"] for e in container(one(rendered, "Deployment", WORKER), "worker")["env"]]
+    assert names.index("POD_NAME") < names.index("DFMOD_KAFKA__TRANSACTIONAL_ID"), "$(VAR) needs VAR defined first"
+    settings = _settings_from(env, monkeypatch)
+    assert settings.kafka.exactly_once and settings.kafka.transactional_id == "dfmod-worker-$(POD_NAME)"
+    assert kubeconform(tools, yaml.safe_dump_all(rendered))["summary"]["invalid"] == 0
+
+
 def test_string_settings_stay_strings_and_weights_volume_sets_the_path(tools: Tools,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     rendered = parse(template(
