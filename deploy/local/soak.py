@@ -139,7 +139,10 @@ def run_soak(conn: dict[str, str], n_events: int, kills: int, tmp: Path, threads
            # dead member's session to time out (kafka.group_instance_id). In exactly-once mode the same name
            # makes the transactional.id, so a restart also aborts the transaction its killed predecessor left.
            "DFMOD_KAFKA__GROUP_INSTANCE_ID": f"{topics.group}-pod-0",
-           "DFMOD_KAFKA__EXACTLY_ONCE": "true" if exactly_once else "false"}
+           "DFMOD_KAFKA__EXACTLY_ONCE": "true" if exactly_once else "false",
+           # Each mode its own cache: the modes replay the same traffic, and the second must not be answered
+           # from the first one's verdicts.
+           "DFMOD_CACHE__KEY_PREFIX": f"dfmod:verdict:{topics.group}:"}
     mode = "exactly-once" if exactly_once else "at-least-once"
     tmp.mkdir(parents=True, exist_ok=True)
     waves = kills + 2  # one wave per killed worker, then two for the last one (its middle and end)
