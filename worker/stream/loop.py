@@ -60,7 +60,6 @@ log = logging.getLogger(__name__)
 
 Ack = Callable[[], None]
 
-#: While inference is down, how often the loop asks the backend whether it is back.
 #: How long one poll may block: long while nothing is in flight, short while completions may arrive (they
 #: wait in the queue until the poll returns, so this bounds the latency the single completion path adds).
 IDLE_POLL_MS = 100
