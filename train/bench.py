@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from train.export import DEFAULT_OPSET, export_onnx
-from train.factory import ARCHES, RANDOM_INIT, create_detector
+from train.factory import ARCHES, RANDOM_INIT, create_model
 from train.model import IMAGE_SIZE, ServingModel
 from worker.core.model_config import INPUT_NAME, OUTPUT_NAMES
 
@@ -76,7 +76,7 @@ def bench(
     import onnxruntime as ort
 
     torch.set_num_threads(threads)
-    serving = ServingModel(create_detector(arch, weights)).eval()
+    serving = ServingModel(create_model(arch, weights)).eval()
     with tempfile.TemporaryDirectory(prefix="dfmod-bench-") as tmp:
         if onnx_path is None:
             onnx_path = Path(tmp) / "model.onnx"

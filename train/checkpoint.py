@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from train.factory import OPENAI, RANDOM_INIT, create_detector, file_provenance, sha256_file
+from train.factory import OPENAI, RANDOM_INIT, create_model, file_provenance, sha256_file
 from train.model import DeepfakeDetector
 from worker.core.version import PREPROCESSING_VERSION
 
@@ -129,7 +129,7 @@ def load_checkpoint(
         detector = _full_detector(payload, head_norm)
     else:
         source, provenance = _backbone_source(payload["weights"], backbone_weights)
-        detector = create_detector(
+        detector = create_model(
             payload["arch"], source, device="cpu", seed=int(payload["init_seed"]), head_norm=head_norm
         )
         detector.weights = provenance
@@ -142,7 +142,7 @@ def load_checkpoint(
 
 def _full_detector(payload: dict[str, Any], head_norm: bool) -> DeepfakeDetector:
     """The detector of a full-scope checkpoint: the architecture, then every tensor (strict by name)."""
-    detector = create_detector(payload["arch"], RANDOM_INIT, device="cpu", seed=0, head_norm=head_norm)
+    detector = create_model(payload["arch"], RANDOM_INIT, device="cpu", seed=0, head_norm=head_norm)
     result = detector.load_state_dict(payload["state_dict"], strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(

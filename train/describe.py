@@ -9,7 +9,7 @@ import argparse
 import json
 from typing import Any
 
-from train.factory import ARCHES, RANDOM_INIT, create_detector
+from train.factory import ARCHES, RANDOM_INIT, create_model
 from train.model import parameter_breakdown
 
 
@@ -45,7 +45,7 @@ def render(breakdown: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    detector = create_detector(args.arch, args.weights)
+    detector = create_model(args.arch, args.weights)
     breakdown = parameter_breakdown(detector)
     if args.json:
         print(json.dumps(breakdown, indent=2))

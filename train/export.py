@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from train.checkpoint import load_checkpoint
-from train.factory import ARCHES, RANDOM_INIT, create_detector
+from train.factory import ARCHES, RANDOM_INIT, create_model
 from train.model import IMAGE_SIZE, DeepfakeDetector, ServingModel, parameter_breakdown
 from worker.core.model_config import (
     CROP_SHAPE,
@@ -373,7 +373,7 @@ def run(args: argparse.Namespace) -> int:
             checkpoint_sha = str(meta["sha256"])
             extra = dict(meta.get("extra") or {})
         else:
-            detector = create_detector(args.arch, args.weights, seed=args.seed)
+            detector = create_model(args.arch, args.weights, seed=args.seed)
     threshold = args.threshold if args.threshold is not None else float(extra.get("threshold", 0.5))
     band = args.uncertain_band if args.uncertain_band is not None else float(extra.get("uncertain_band", 0.0))
     try:

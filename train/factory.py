@@ -155,7 +155,7 @@ def _openai_weights_file(spec: ArchSpec) -> Path:
     return Path(target)
 
 
-def create_detector(
+def create_model(
     arch: str,
     weights: str = RANDOM_INIT,
     device: str = "cpu",
@@ -164,7 +164,7 @@ def create_detector(
     ln_tuning: bool = True,
     head_norm: bool = True,
 ) -> DeepfakeDetector:
-    """Detector for `arch` with weights `random-init`, `openai`, or a path to a weights file.
+    """The deepfake model (CLIP tower + head) for `arch` with weights `random-init`, `openai`, or a path to a weights file.
 
     Init is seeded (tower and head) without touching the global RNG. LN-tuning is applied by default
     because it is the method; pass `ln_tuning=False` to leave everything trainable. `head_norm=False`

@@ -320,7 +320,7 @@ class Trainer:
 
     def __init__(self, cfg: FitConfig) -> None:
         from train.checkpoint import load_checkpoint
-        from train.factory import create_detector, sha256_file
+        from train.factory import create_model, sha256_file
 
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
@@ -386,7 +386,7 @@ class Trainer:
         else:
             if cfg.weights == "random-init" and cfg.arch in PRETRAINED_ARCHES:
                 print(f"warning: {cfg.arch} with random-init weights: the backbone is NOT pretrained", file=sys.stderr)
-            self.detector = create_detector(cfg.arch, cfg.weights, device=self.device, seed=cfg.seed)
+            self.detector = create_model(cfg.arch, cfg.weights, device=self.device, seed=cfg.seed)
         run_folder.clear(cfg.out, previous_run)  # --overwrite: only now that the new run could be built
         cfg.out.mkdir(parents=True, exist_ok=True)
         _seed_all(cfg.seed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from train.factory import create_detector
+from train.factory import create_model
 from train.model import ServingModel
 from worker.core.settings import TritonSettings
 from worker.core.version import PREPROCESSING_VERSION
@@ -16,7 +16,7 @@ from worker.infer.triton import TritonBackend
 def test_triton_matches_pytorch_and_carries_the_model_parameters(conn: dict[str, str]) -> None:
     # The session's model repository was written by `dfmod-train export --arch tiny --weights random-init`
     # (seed 0): rebuilding the same detector here gives the reference answers.
-    serving = ServingModel(create_detector("tiny", "random-init", seed=0)).eval()
+    serving = ServingModel(create_model("tiny", "random-init", seed=0)).eval()
     rng = np.random.default_rng(7)
     faces = rng.integers(0, 256, size=(5, 224, 224, 3), dtype=np.uint8)
     with torch.no_grad():

@@ -14,7 +14,7 @@ from train.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from train.data.dataset import CropDataset
 from train.data.manifest import CropRecord, write_manifest
 from train.evaluate import evaluate, score_dataset
-from train.factory import create_detector
+from train.factory import create_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,7 +42,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def checkpoint(tmp_path: Path) -> Path:
     path = tmp_path / "ckpt.pt"
-    save_checkpoint(path, create_detector("tiny", seed=1), {"arch": "tiny", "note": "kept"}, {"epoch": 3})
+    save_checkpoint(path, create_model("tiny", seed=1), {"arch": "tiny", "note": "kept"}, {"epoch": 3})
     return path
 
 
@@ -179,5 +179,5 @@ def test_export_refuses_a_threshold_outside_0_1(tmp_path: Path) -> None:
     from train.export import export_repository
 
     with pytest.raises(ValueError, match=r"not a probability in \[0, 1\]"):
-        export_repository(create_detector("tiny"), tmp_path / "repo", threshold=1.5)
+        export_repository(create_model("tiny"), tmp_path / "repo", threshold=1.5)
     assert not (tmp_path / "repo").exists()

@@ -15,7 +15,7 @@ import pytest
 from train.checkpoint import save_checkpoint
 from train.cli import build_parser, main
 from train.data.manifest import CropRecord, write_manifest
-from train.factory import create_detector
+from train.factory import create_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[2]
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bad")
     good = root / "good.pt"
-    save_checkpoint(good, create_detector("tiny"), {"arch": "tiny"})
+    save_checkpoint(good, create_model("tiny"), {"arch": "tiny"})
     blob = good.read_bytes()
     (root / "empty.pt").write_bytes(b"")
     (root / "truncated.pt").write_bytes(blob[: len(blob) // 3])

@@ -21,7 +21,7 @@ from tritonclient.grpc import model_config_pb2
 from train import export
 from train.checkpoint import save_checkpoint
 from train.export import MODEL_NAME, ExportReport, ParityError, export_repository, render_config
-from train.factory import create_detector
+from train.factory import create_model
 from train.model import DeepfakeDetector, ServingModel
 from worker.core.model_config import parse_parameters
 from worker.core.version import PREPROCESSING_VERSION
@@ -38,7 +38,7 @@ def _parse(config_text: str) -> Any:
 
 @pytest.fixture(scope="module")
 def detector() -> DeepfakeDetector:
-    return create_detector("tiny", seed=4).eval()
+    return create_model("tiny", seed=4).eval()
 
 
 @pytest.fixture(scope="module")

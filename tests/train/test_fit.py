@@ -19,7 +19,7 @@ from train import metrics, recipes_bench
 from train.checkpoint import load_checkpoint, read_checkpoint
 from train.data.dataset import CropDataset
 from train.evaluate import evaluate, score_dataset
-from train.factory import create_detector
+from train.factory import create_model
 from train.fit import FitConfig, cosine_factor, epoch_batches, fit, param_groups
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -55,7 +55,7 @@ def base_config(data: Path, out: Path) -> FitConfig:
 def test_fit_learns_the_planted_artefact_on_held_out_videos(task: Path, tmp_path: Path) -> None:
     test_set = CropDataset(task, split="test")
     labels = np.asarray(test_set.labels)
-    untrained = score_dataset(create_detector("tiny", seed=42), test_set, "cpu", progress=False)
+    untrained = score_dataset(create_model("tiny", seed=42), test_set, "cpu", progress=False)
     assert metrics.auroc(untrained, labels) < 0.8  # the task is not solved by the initial model
 
     result = fit(base_config(task, tmp_path / "run"))
@@ -135,7 +135,7 @@ def test_schedule_groups_and_batches() -> None:
     assert cosine_factor(50, 100, 8e-5, 5e-5) * 8e-5 == pytest.approx(6.5e-5)
     assert cosine_factor(100, 100, 8e-5, 5e-5) * 8e-5 == pytest.approx(5e-5)
     assert cosine_factor(150, 100, 8e-5, 5e-5) * 8e-5 == pytest.approx(5e-5)
-    detector = create_detector("tiny")
+    detector = create_model("tiny")
     decay, no_decay = param_groups(detector, 0.01)
     assert decay["params"] == [detector.head.weight] and decay["weight_decay"] == 0.01
     assert no_decay["weight_decay"] == 0.0

@@ -12,7 +12,7 @@ import torchvision.transforms.functional as TF
 from torch import nn
 
 from train.checkpoint import load_checkpoint, save_checkpoint
-from train.factory import ARCHES, create_detector, file_provenance
+from train.factory import ARCHES, create_model, file_provenance
 from train.model import (
     CLIP_MEAN,
     CLIP_STD,
@@ -51,7 +51,7 @@ def _perturb_trainables(detector: DeepfakeDetector, seed: int = 1) -> None:
 
 
 def test_vit_l14_breakdown_matches_the_paper_without_download(no_download: None) -> None:
-    detector = create_detector("ViT-L-14")
+    detector = create_model("ViT-L-14")
     b = parameter_breakdown(detector)
     assert detector.weights == "random-init"
     assert detector.feature_dim == 1024
@@ -67,7 +67,7 @@ def test_vit_l14_breakdown_matches_the_paper_without_download(no_download: None)
 
 
 def test_tiny_breakdown() -> None:
-    detector = create_detector("tiny")
+    detector = create_model("tiny")
     b = parameter_breakdown(detector)
     width = 64
     assert detector.feature_dim == width
@@ -80,7 +80,7 @@ def test_tiny_breakdown() -> None:
 
 
 def test_ln_tuning_leaves_only_layernorms_and_head_trainable() -> None:
-    detector = create_detector("tiny", ln_tuning=False)
+    detector = create_model("tiny", ln_tuning=False)
     assert all(p.requires_grad for p in detector.parameters())
     detector.apply_ln_tuning()
     ln_params = {id(p) for _, ln in layernorms(detector.visual) for p in ln.parameters()}
@@ -91,7 +91,7 @@ def test_ln_tuning_leaves_only_layernorms_and_head_trainable() -> None:
 
 
 def test_features_are_unit_norm_and_outputs_consistent() -> None:
-    detector = create_detector("tiny").eval()
+    detector = create_model("tiny").eval()
     x = normalise(_faces(3))
     with torch.no_grad():
         logits, feats = detector(x)
@@ -115,7 +115,7 @@ def test_normalise_matches_torchvision_computation() -> None:
 
 
 def test_serving_model_is_normalise_then_detector() -> None:
-    detector = create_detector("tiny").eval()
+    detector = create_model("tiny").eval()
     faces = _faces(4)
     with torch.no_grad():
         prob, emb = ServingModel(detector)(faces)
@@ -127,10 +127,10 @@ def test_init_is_seed_deterministic_and_leaves_global_rng_alone() -> None:
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)
-    a = create_detector("tiny", seed=0)
+    a = create_model("tiny", seed=0)
     after = torch.rand(1)
-    b = create_detector("tiny", seed=0)
-    c = create_detector("tiny", seed=1)
+    b = create_model("tiny", seed=0)
+    c = create_model("tiny", seed=1)
     assert torch.equal(before, after)
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -140,18 +140,18 @@ def test_init_is_seed_deterministic_and_leaves_global_rng_alone() -> None:
 def test_unknown_arch_and_missing_weights_file_fail_clearly(tmp_path: Path) -> None:
     assert {"ViT-L-14", "ViT-B-16", "ViT-B-32", "tiny"} <= set(ARCHES)
     with pytest.raises(ValueError, match="unknown arch"):
-        create_detector("ViT-X-99")
+        create_model("ViT-X-99")
     with pytest.raises(FileNotFoundError):
-        create_detector("tiny", str(tmp_path / "absent.pt"))
+        create_model("tiny", str(tmp_path / "absent.pt"))
 
 
 def test_openai_weights_offline_fail_with_a_clear_message(no_download: None) -> None:
     with pytest.raises(RuntimeError, match="network access"):
-        create_detector("ViT-B-32", "openai")
+        create_model("ViT-B-32", "openai")
 
 
 def test_load_trainable_state_dict_rejects_unknown_keys_and_shapes() -> None:
-    detector = create_detector("tiny")
+    detector = create_model("tiny")
     with pytest.raises(KeyError):
         detector.load_trainable_state_dict({"nope.weight": torch.zeros(1)})
     with pytest.raises(ValueError):
@@ -159,7 +159,7 @@ def test_load_trainable_state_dict_rejects_unknown_keys_and_shapes() -> None:
 
 
 def test_checkpoint_round_trip_is_exact_and_small(tmp_path: Path) -> None:
-    detector = create_detector("tiny", seed=3).eval()
+    detector = create_model("tiny", seed=3).eval()
     _perturb_trainables(detector)
     path = tmp_path / "ck.pt"
     sha = save_checkpoint(path, detector, {"lr": 8e-5, "out": tmp_path}, {"threshold": 0.37, "uncertain_band": 0.05})
@@ -177,10 +177,10 @@ def test_checkpoint_round_trip_is_exact_and_small(tmp_path: Path) -> None:
 
 
 def test_checkpoint_on_a_backbone_file_needs_that_file(tmp_path: Path) -> None:
-    source = create_detector("tiny", seed=5)
+    source = create_model("tiny", seed=5)
     backbone = tmp_path / "backbone.pt"
     torch.save({"state_dict": {f"visual.{k}": v for k, v in source.visual.state_dict().items()}}, backbone)
-    detector = create_detector("tiny", str(backbone), seed=9).eval()
+    detector = create_model("tiny", str(backbone), seed=9).eval()
     assert detector.weights == file_provenance(backbone)
     assert detector.weights.startswith("sha256:") and len(detector.weights) == len("sha256:") + 16
     for k, v in source.visual.state_dict().items():
@@ -192,7 +192,7 @@ def test_checkpoint_on_a_backbone_file_needs_that_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="backbone_weights"):
         load_checkpoint(ck)
     other = tmp_path / "other.pt"
-    torch.save(create_detector("tiny", seed=6).visual.state_dict(), other)
+    torch.save(create_model("tiny", seed=6).visual.state_dict(), other)
     with pytest.raises(ValueError, match="trained on"):
         load_checkpoint(ck, backbone_weights=str(other))
     loaded, _ = load_checkpoint(ck, backbone_weights=str(backbone))
@@ -205,11 +205,11 @@ def test_weights_file_that_does_not_fit_is_refused(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pt"
     torch.save({"conv1.weight": torch.zeros(1)}, bad)
     with pytest.raises(ValueError, match="does not match"):
-        create_detector("tiny", str(bad))
+        create_model("tiny", str(bad))
 
 
 def test_layernorms_finds_open_clip_layernorms() -> None:
-    detector = create_detector("tiny")
+    detector = create_model("tiny")
     names = [n for n, _ in layernorms(detector.visual)]
     assert names[0] == "ln_pre" and names[-1] == "ln_post"
     assert all(isinstance(m, nn.LayerNorm) for _, m in layernorms(detector.visual))

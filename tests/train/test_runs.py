@@ -17,7 +17,7 @@ import torch
 from tests.train.test_fit import base_config, build_task
 from train.checkpoint import read_checkpoint, save_checkpoint
 from train.cli import main
-from train.factory import create_detector
+from train.factory import create_model
 from train.fit import fit
 from train.run_folder import RunFolderError
 
@@ -132,7 +132,7 @@ def test_init_from_an_imported_checkpoint_defaults_to_its_own_hyper_parameters(t
     from tests.train.test_recipes import gend_hparams
 
     src = tmp_path / "imported.pt"
-    detector = create_detector("tiny", seed=5)
+    detector = create_model("tiny", seed=5)
     with torch.no_grad():
         detector.head.weight.fill_(0.25)
     save_checkpoint(src, detector, {})
@@ -162,7 +162,7 @@ def test_init_from_a_head_without_l2_norm_is_refused_in_one_line(
 ) -> None:
     """GenD's 'linear' head reads the raw feature; the recipes train on the hypersphere, so fit refuses it."""
     src = tmp_path / "linear-head.pt"
-    save_checkpoint(src, create_detector("tiny", seed=5, head_norm=False), {})
+    save_checkpoint(src, create_model("tiny", seed=5, head_norm=False), {})
     out = tmp_path / "run"
     rc = main(["fit", "--data", str(task), "--init", str(src), "--out", str(out), "--device", "cpu", "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from train.factory import RANDOM_INIT, create_detector
+from train.factory import RANDOM_INIT, create_model
 from train.model import IMAGE_SIZE, DeepfakeDetector, normalise
 from train.released.errors import ReleaseError
 from train.released.formats import TORCHSCRIPT, Release
@@ -70,7 +70,7 @@ def build_detector(release: Release, tolerance: float = TOLERANCE) -> tuple[Deep
         raise ReleaseError(
             release.file, f"the tensors are a {arch} tower but the release declares backbone {release.backbone_name!r}"
         )
-    detector = create_detector(arch, RANDOM_INIT, head_norm=bool(release.head_norm))
+    detector = create_model(arch, RANDOM_INIT, head_norm=bool(release.head_norm))
     _load_visual(release, detector, visual_sd)
     with torch.no_grad():
         detector.head.weight.copy_(release.head_weight)

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from train.export import export_repository
-from train.factory import create_detector
+from train.factory import create_model
 from train.model import ServingModel
 from worker.cli.demo_media import corrupt, load_rgb, pan_zoom_video
 from worker.cli.scan import ScanExit, UsageError, collect_paths, exit_code, table_header, table_row
@@ -27,7 +27,7 @@ from worker.core.model_config import config_text, parse_config
 from worker.core.settings import FaceSettings
 from worker.core.types import Frame
 from worker.faces.extract import extract_faces
-from worker.faces.factory import create_detector as create_face_detector
+from worker.faces.factory import create_detector
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[3]
@@ -38,7 +38,7 @@ ENV = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
 def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One tiny random-init export (threshold 0.4), and copies whose threshold makes every face fake or real."""
     root = tmp_path_factory.mktemp("scan-models")
-    export_repository(create_detector("tiny", "random-init", seed=3), root / "t04", backend="onnxruntime",
+    export_repository(create_model("tiny", "random-init", seed=3), root / "t04", backend="onnxruntime",
                       threshold=0.4)
     dirs = {"t04": root / "t04" / "deepfake_clip"}
     for name, threshold in (("all_fake", "0.0"), ("all_real", "1.0")):
@@ -87,8 +87,8 @@ def test_json_prints_one_verdict_per_file_matching_pytorch(
 
     # The still's score is what PyTorch says for the worker's own crop of it.
     settings = FaceSettings(weights_dir=shared_dir / "models")
-    crops = extract_faces([Frame(0, 0.0, load_rgb(still))], create_face_detector(settings), settings)
-    detector = create_detector("tiny", "random-init", seed=3)
+    crops = extract_faces([Frame(0, 0.0, load_rgb(still))], create_detector(settings), settings)
+    detector = create_model("tiny", "random-init", seed=3)
     with torch.no_grad():
         prob, _ = ServingModel(detector.eval())(torch.from_numpy(np.stack([c.crop for c in crops])))
     assert abs(s["score"] - float(prob.max())) < 1e-4
