@@ -34,6 +34,11 @@ FACES_IN_FLIGHT = Gauge(
 )
 PAUSED = Gauge("dfmod_paused", "1 while the consumer has paused its partitions for backpressure")
 CACHE = Counter("dfmod_cache_requests_total", "Verdict cache look-ups", ["result"])
+NEAR_DUPLICATES = Counter(
+    "dfmod_near_duplicates_total",
+    "Near-duplicate look-ups, by outcome: answered (earlier verdict reused), tagged (match reported, scored), miss",
+    ["outcome"],
+)
 BATCH_SIZE = Histogram(
     "dfmod_batch_size", "Faces per inference request", buckets=(1, 2, 4, 8, 16, 32, 64, 128)
 )

@@ -24,12 +24,12 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from worker.core.contracts import ErrorInfo, MediaData, ModelInfo, VerdictData
+from worker.core.contracts import ErrorInfo, FrameHash, MediaData, ModelInfo, NearDuplicate, VerdictData
 from worker.core.errors import ErrorCode, MediaError, status_for
 from worker.core.futures import settle
 from worker.core.retry import Backoff, Breaker
 from worker.core.settings import WorkerSettings
-from worker.core.types import FaceDetector, Sampling, Scores, StageTimer
+from worker.core.types import FaceDetector, Frame, Sampling, Scores, StageTimer
 from worker.core.version import pipeline_version
 from worker.faces.extract import ExtractedFaces, drain, extract_faces_counted
 from worker.faces.factory import create_detector
@@ -37,10 +37,13 @@ from worker.infer.base import InferenceError
 from worker.infer.batcher import MicroBatcher
 from worker.media.decode import decode_media
 from worker.media.fetch import fetch_media
+from worker.media.pdq import PdqHash, frame_hash
 from worker.obs import metrics
 from worker.scoring.aggregate import aggregate
 from worker.scoring.budget import Budget, BudgetClosed
 from worker.scoring.cache import VerdictCache, cache_key
+from worker.scoring.neardup import NearDuplicateIndex
+from worker.scoring.similar import MediaHashes
 from worker.scoring.timers import TimerHandle, TimerQueue
 
 log = logging.getLogger(__name__)
@@ -99,6 +102,9 @@ class _Scoring:
     frames: int
     faces: np.ndarray  # the crops stacked (N, 224, 224, 3); each crop's `.crop` is a view into it
     sampling: Sampling = "exact"
+    phash: list[FrameHash] = field(default_factory=list)
+    hashes: MediaHashes | None = None
+    near: NearDuplicate | None = None
 
 
 class MediaPipeline:
@@ -119,6 +125,7 @@ class MediaPipeline:
         breaker: Breaker | None = None,
         budget: Budget | None = None,
         face_budget: Budget | None = None,
+        near_index: NearDuplicateIndex | None = None,
     ) -> None:
         self.settings = settings
         #: in verdicts and cache keys: approximate sampling (DecodeSettings.sampling) must not share exact verdicts
@@ -129,6 +136,7 @@ class MediaPipeline:
         self.breaker = breaker or Breaker("inference")
         self.budget = budget or Budget(settings.max_in_flight_bytes, "bytes")
         self.face_budget = face_budget or Budget(settings.max_faces_in_flight, "faces")
+        self.near_index = near_index
         self._faces = detector  # built on first use: create_detector's detector is already one per thread
         self._faces_lock = threading.Lock()
         self._leaders: dict[str, Future[VerdictData]] = {}
@@ -223,21 +231,55 @@ class MediaPipeline:
                 media = decode_media(blob, self.settings.decode, item.data.content_type)
             self._check_deadline(item, "decode")
             frames, sampling = len(media.frames), media.sampling
+            with self._stage(item.timer, "phash"):  # from the decoder's luma: no RGB conversion, no second decode
+                phash, hashes = _hash_frames(media.frames)
+            near = self._near_duplicate(item, key, leader, phash, hashes)
+            if near is not None and near.answered:
+                return None
             with self._stage(item.timer, "faces"):  # each frame is freed once detected (`drain`)
                 extracted = extract_faces_counted(drain(media.frames), self._detector(), self.settings.faces)
             self._check_deadline(item, "faces")
         del media, blob  # only the crops travel on
         if not extracted.crops:
             empty = np.zeros((0, *self.batcher.crop_shape), np.uint8)
-            self._verdict(_Scoring(item, key, leader, extracted, frames, empty, sampling),
+            self._verdict(_Scoring(item, key, leader, extracted, frames, empty, sampling, phash, hashes, near),
                           np.zeros((0,), np.float32))
             return None
         faces = np.stack([c.crop for c in extracted.crops])
         crops = [replace(c, crop=faces[i]) for i, c in enumerate(extracted.crops)]  # one copy of the pixels
-        scoring = _Scoring(item, key, leader, replace(extracted, crops=crops), frames, faces, sampling)
+        scoring = _Scoring(item, key, leader, replace(extracted, crops=crops), frames, faces, sampling,
+                           phash, hashes, near)
         item.hold(self.face_budget, len(extracted.crops))
         metrics.FACES_IN_FLIGHT.set(self.face_budget.used)
         return scoring
+
+    def _near_duplicate(self, item: _Item, key: str, leader: Future[VerdictData], phash: list[FrameHash],
+                        hashes: MediaHashes | None) -> NearDuplicate | None:
+        """The earlier-judged media this one matches; in mode `on` the item is answered with its verdict
+        (`answered`), unless that verdict has left the cache. None: no match, no index, or Redis unavailable."""
+        if self.near_index is None or hashes is None:
+            return None
+        with self._stage(item.timer, "near_duplicate"):
+            near = self.near_index.lookup(hashes, exclude=item.media_sha)
+        if near is None:
+            metrics.NEAR_DUPLICATES.labels("miss").inc()
+            return None
+        if self.settings.near_duplicate.mode == "on" and self.cache is not None:
+            earlier = self.cache.get(cache_key(near.media_sha256, self.model, self.pipeline_version,
+                                               self.settings.cache.key_prefix))
+            if earlier is not None:
+                near = near.model_copy(update={"answered": True})
+                verdict = VerdictData.model_validate({
+                    **earlier, "media_sha256": item.media_sha, "phash": phash, "near_duplicate": near,
+                    "cached": True, "timings_ms": item.timer.timings_ms})
+                assert item.media_sha is not None
+                self._leader_done(item.media_sha, leader, result=verdict)
+                self.cache.set(key, verdict.model_dump(mode="json", exclude={"cached", "timings_ms"}))
+                metrics.NEAR_DUPLICATES.labels("answered").inc()
+                self._answer(item, verdict)
+                return near
+        metrics.NEAR_DUPLICATES.labels("tagged").inc()
+        return near
 
     def _follow(self, item: _Item, leader: Future[VerdictData], since: float) -> None:
         item.timer.add("coalesced", (time.perf_counter() - since) * 1000.0)
@@ -317,12 +359,16 @@ class MediaPipeline:
             pipeline_version=self.pipeline_version,
             cached=False,
             timings_ms=item.timer.timings_ms,
+            phash=scoring.phash,
+            near_duplicate=scoring.near,
         )
         assert item.media_sha is not None
         self._leader_done(item.media_sha, scoring.leader, result=verdict)
         if self.cache is not None and verdict.status in ("ok", "no_face"):
             with self._stage(item.timer, "cache_set"):
                 self.cache.set(scoring.key, verdict.model_dump(mode="json", exclude={"cached", "timings_ms"}))
+                if self.near_index is not None and scoring.hashes is not None:
+                    self.near_index.add(item.media_sha, scoring.hashes)
             verdict.timings_ms = dict(item.timer.timings_ms)
         self._answer(item, verdict)
 
@@ -409,6 +455,18 @@ class MediaPipeline:
             timings_ms=timer.timings_ms,
         )
 
+
+def _hash_frames(frames: list[Frame]) -> tuple[list[FrameHash], MediaHashes | None]:
+    """PDQ of each frame for the verdict and the index; a frame under PDQ's 5 px minimum goes unhashed."""
+    done: list[tuple[Frame, PdqHash]] = []
+    for frame in frames:
+        try:
+            done.append((frame, frame_hash(frame)))
+        except ValueError:
+            continue
+    phash = [FrameHash(frame_index=f.index, time_s=round(f.time_s, 3), pdq=h.hex, quality=h.quality)
+             for f, h in done]
+    return phash, (MediaHashes.of([h for _, h in done]) if done else None)
 
 
 def failure_verdict(
