@@ -20,8 +20,9 @@ that repository); `tests/worker/media/test_pdq.py` checks it against hashes the 
    coefficient exceeds the median of the 256 (L536-545); the hex form is the 256-bit number, bit 255 first
    (pdq/cpp/common/pdqhashtypes.cpp L19-50).
 
-A horizontally mirrored picture's coefficients are the originals with the odd horizontal frequencies negated
-(the dihedral variants, pdqhashing.cpp L488-510), so `mirrored` costs one more threshold, not another hash.
+`mirrored` is the hash of the left-right mirror image, from a second 64x64 downsample of the same plane (the
+reference derives dihedral hashes by negating DCT coefficients, pdqhashing.cpp L488-510, which equals
+mirroring the 64x64 picture; its box windows are not symmetric, so that was 17 bits off on our test stills).
 """
 
 from __future__ import annotations
@@ -67,12 +68,28 @@ def _box(n: int, window: int) -> npt.NDArray[np.float64]:
     return matrix
 
 
-@lru_cache(maxsize=64)
-def _downsample_matrix(n: int) -> npt.NDArray[np.float32]:
-    """(64 x n): two box passes of the Jarosz window, then the decimation rows."""
+@lru_cache(maxsize=1024)
+def _downsample_taps(n: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]]:
+    """The (64 x n) matrix of two box passes of the Jarosz window then the decimation rows, as its few
+    non-zero taps per row (indices, weights): applied by gathering, so no BLAS call (and no BLAS threads)."""
     box = _box(n, (n + 2 * _OUT - 1) // (2 * _OUT))
     rows = [int(((o + 0.5) * n) / _OUT) for o in range(_OUT)]
-    return np.ascontiguousarray((box @ box)[rows], dtype=np.float32)
+    matrix = np.stack([box[row] @ box for row in rows])  # = (box @ box)[rows]; each row a short box
+    width = int((matrix != 0).sum(axis=1).max())
+    index = np.zeros((_OUT, width), np.intp)
+    weight = np.zeros((_OUT, width), np.float32)
+    for o in range(_OUT):
+        taps = np.flatnonzero(matrix[o])
+        index[o, :len(taps)], weight[o, :len(taps)] = taps, matrix[o, taps]
+    return index, weight
+
+
+def _downsample(plane: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The 64 x 64 Jarosz downsample of `plane`."""
+    rows, row_weights = _downsample_taps(plane.shape[0])
+    cols, col_weights = _downsample_taps(plane.shape[1])
+    tall = np.einsum("okw,ok->ow", plane[rows], row_weights)  # 64 x W
+    return np.einsum("aok,ok->ao", tall[:, cols], col_weights)  # type: ignore[no-any-return]
 
 
 @lru_cache(maxsize=1)
@@ -82,14 +99,10 @@ def _dct() -> npt.NDArray[np.float32]:
     return (np.sqrt(2.0 / _OUT) * np.cos(np.pi / 2.0 / _OUT * i * (2 * j + 1))).astype(np.float32)
 
 
-#: +1 where mirroring left-right keeps a coefficient's sign, -1 where it flips it (odd horizontal frequency).
-_MIRROR = np.where(np.arange(1, _DCT_SIZE + 1) % 2 == 1, -1.0, 1.0).astype(np.float32)[None, :]
-
-
 def luma_of(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
     """PDQ's luma of an H x W x 3 RGB picture."""
-    r, g, b = (rgb[..., c].astype(np.float32) for c in range(3))
-    return 0.299 * r + 0.587 * g + 0.114 * b  # type: ignore[no-any-return]
+    weights = np.array([0.299, 0.587, 0.114], np.float32)
+    return np.einsum("hwc,c->hw", rgb, weights, dtype=np.float32)  # type: ignore[no-any-return]
 
 
 def _bits(coefficients: npt.NDArray[np.floating[Any]]) -> bytes:
@@ -109,16 +122,21 @@ def pdq_hash(luma: npt.NDArray[np.uint8] | npt.NDArray[np.float32]) -> PdqHash:
     if luma.ndim != 2 or min(luma.shape) < 5:  # the reference refuses pictures under 5 px (MIN_HASHABLE_DIM)
         raise ValueError(f"PDQ needs a 2-D luma plane of at least 5x5 pixels, got shape {luma.shape}")
     height, width = luma.shape
-    plane: npt.NDArray[np.float32] = np.asarray(luma, dtype=np.float32)
-    if max(height, width) > MAX_SIDE:
+    source: npt.NDArray[Any] = luma
+    if max(height, width) > MAX_SIDE:  # before the float copy (the reference's thumbnail is 8-bit too)
         scale = MAX_SIDE / max(height, width)
         size = (max(5, round(width * scale)), max(5, round(height * scale)))
-        plane = np.asarray(cv2.resize(plane, size, interpolation=cv2.INTER_AREA), dtype=np.float32)
-        height, width = plane.shape
-    picture = _downsample_matrix(height) @ plane @ _downsample_matrix(width).T  # 64 x 64
+        source = np.asarray(cv2.resize(luma, size, interpolation=cv2.INTER_AREA))
+    plane = np.asarray(source, dtype=np.float32)
+    picture = _downsample(plane)
+    mirror = _downsample(plane[:, ::-1])  # not the sign trick on `picture`: the box windows are not symmetric
+    return PdqHash(hash=_bits(_coefficients(picture)), quality=_quality(picture), mirrored=_bits(_coefficients(mirror)))
+
+
+def _coefficients(picture: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """DCT coefficients 1..16 of a 64 x 64 picture (einsum, not matmul: no BLAS threads for this size)."""
     dct = _dct()
-    coefficients = dct @ picture @ dct.T  # 16 x 16: vertical frequency i, horizontal j
-    return PdqHash(hash=_bits(coefficients), quality=_quality(picture), mirrored=_bits(coefficients * _MIRROR))
+    return np.einsum("il,jl->ij", np.einsum("ik,kl->il", dct, picture), dct)  # type: ignore[no-any-return]
 
 
 def from_hex(text: str) -> bytes:

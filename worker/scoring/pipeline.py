@@ -29,7 +29,7 @@ from worker.core.errors import ErrorCode, MediaError, status_for
 from worker.core.futures import settle
 from worker.core.retry import Backoff, Breaker
 from worker.core.settings import WorkerSettings
-from worker.core.types import FaceDetector, Frame, Sampling, Scores, StageTimer
+from worker.core.types import FaceDetector, Sampling, Scores, StageTimer
 from worker.core.version import pipeline_version
 from worker.faces.extract import ExtractedFaces, drain, extract_faces_counted
 from worker.faces.factory import create_detector
@@ -37,13 +37,12 @@ from worker.infer.base import InferenceError
 from worker.infer.batcher import MicroBatcher
 from worker.media.decode import decode_media
 from worker.media.fetch import fetch_media
-from worker.media.pdq import PdqHash, frame_hash
 from worker.obs import metrics
 from worker.scoring.aggregate import aggregate
 from worker.scoring.budget import Budget, BudgetClosed
 from worker.scoring.cache import VerdictCache, cache_key
 from worker.scoring.neardup import NearDuplicateIndex
-from worker.scoring.similar import MediaHashes
+from worker.scoring.similar import MediaHashes, hash_frames
 from worker.scoring.timers import TimerHandle, TimerQueue
 
 log = logging.getLogger(__name__)
@@ -232,7 +231,7 @@ class MediaPipeline:
             self._check_deadline(item, "decode")
             frames, sampling = len(media.frames), media.sampling
             with self._stage(item.timer, "phash"):  # from the decoder's luma: no RGB conversion, no second decode
-                phash, hashes = _hash_frames(media.frames)
+                phash, hashes = hash_frames(media.frames)
             near = self._near_duplicate(item, key, leader, phash, hashes)
             if near is not None and near.answered:
                 return None
@@ -454,19 +453,6 @@ class MediaPipeline:
             code, message, self.model, pipeline_version=self.pipeline_version, media_sha=media_sha,
             timings_ms=timer.timings_ms,
         )
-
-
-def _hash_frames(frames: list[Frame]) -> tuple[list[FrameHash], MediaHashes | None]:
-    """PDQ of each frame for the verdict and the index; a frame under PDQ's 5 px minimum goes unhashed."""
-    done: list[tuple[Frame, PdqHash]] = []
-    for frame in frames:
-        try:
-            done.append((frame, frame_hash(frame)))
-        except ValueError:
-            continue
-    phash = [FrameHash(frame_index=f.index, time_s=round(f.time_s, 3), pdq=h.hex, quality=h.quality)
-             for f, h in done]
-    return phash, (MediaHashes.of([h for _, h in done]) if done else None)
 
 
 def failure_verdict(

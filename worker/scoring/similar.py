@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from worker.core.contracts import NearDuplicate
+from worker.core.contracts import FrameHash, NearDuplicate
 from worker.core.settings import NearDuplicateSettings
-from worker.media.pdq import BITS, PdqHash
+from worker.core.types import Frame
+from worker.media.pdq import BITS, PdqHash, frame_hash
 
 _BYTES = BITS // 8
 Hashes = npt.NDArray[np.uint8]  # N x 32
@@ -90,3 +91,16 @@ def match(query: MediaHashes, target: MediaHashes, target_sha256: str,
     target_pct, query_pct, distance, mirrored = min(found, key=lambda f: (-min(f[0], f[1]), f[2]))
     return NearDuplicate(media_sha256=target_sha256, distance=distance, mirrored=mirrored,
                          match_pct=round(target_pct, 1), query_match_pct=round(query_pct, 1))
+
+
+def hash_frames(frames: list[Frame]) -> tuple[list[FrameHash], MediaHashes | None]:
+    """PDQ of each sampled frame, for the verdict and the index; a frame under PDQ's 5 px minimum goes unhashed."""
+    done: list[tuple[Frame, PdqHash]] = []
+    for frame in frames:
+        try:
+            done.append((frame, frame_hash(frame)))
+        except ValueError:
+            continue
+    phash = [FrameHash(frame_index=f.index, time_s=round(f.time_s, 3), pdq=h.hex, quality=h.quality)
+             for f, h in done]
+    return phash, (MediaHashes.of([h for _, h in done]) if done else None)
