@@ -8,8 +8,10 @@ that repository); `tests/worker/media/test_pdq.py` checks it against hashes the 
 
 1. Luma: the decoder's Y plane, or 0.299 R + 0.587 G + 0.114 B (pdq/cpp/hashing/pdqhashing.cpp L58-60).
    Y's limited range (16-235) is an affine map of that and changes no bit (the DCT below skips the DC term).
-2. Pictures above 512 px per side are first reduced to fit 512x512 (the reference Python hasher thumbnails to
-   512, pdq/python/pdqhashing/hasher/pdq_hasher.py L82-83); area averaging here.
+2. Pictures above 512 px per side are first reduced by the smallest whole factor that fits them in 512x512
+   (the reference Python hasher thumbnails to 512, pdq/python/pdqhashing/hasher/pdq_hasher.py L82-83; the C++
+   one hashes full size). A whole factor is an exact box average on OpenCV's fast path: 0.7 ms for a 1080p
+   frame against 2.3 ms for 512 exactly, and 8 bits apart on our 1080p test picture, well inside a match.
 3. Jarosz filter: two passes of box filters along rows and columns with window ceil(dim / 128)
    (pdq/cpp/downscaling/downscaling.cpp L265-267, L270-284; the window's placement and edge averaging as in
    box1DFloat, pdq_hasher.py L591-648), then decimation at the 64 sample centres (downscaling.cpp L146-149).
@@ -123,9 +125,9 @@ def pdq_hash(luma: npt.NDArray[np.uint8] | npt.NDArray[np.float32]) -> PdqHash:
         raise ValueError(f"PDQ needs a 2-D luma plane of at least 5x5 pixels, got shape {luma.shape}")
     height, width = luma.shape
     source: npt.NDArray[Any] = luma
-    if max(height, width) > MAX_SIDE:  # before the float copy (the reference's thumbnail is 8-bit too)
-        scale = MAX_SIDE / max(height, width)
-        size = (max(5, round(width * scale)), max(5, round(height * scale)))
+    if max(height, width) > MAX_SIDE:  # in 8 bits, before the float copy (the reference's thumbnail is 8-bit too)
+        factor = -(-max(height, width) // MAX_SIDE)
+        size = (max(5, width // factor), max(5, height // factor))
         source = np.asarray(cv2.resize(luma, size, interpolation=cv2.INTER_AREA))
     plane = np.asarray(source, dtype=np.float32)
     picture = _downsample(plane)
