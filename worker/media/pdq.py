@@ -149,10 +149,18 @@ def from_hex(text: str) -> bytes:
     return raw
 
 
+#: set bits of each byte value (numpy's bitwise_count needs numpy 2; the project supports 1.26)
+_POPCOUNT = np.array([bin(v).count("1") for v in range(256)], np.uint8)
+
+
+def bit_differences(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
+    """PDQ distances between hashes (32 bytes on the last axis) of `a` and `b`, broadcast against each other."""
+    return _POPCOUNT[np.bitwise_xor(a, b)].sum(axis=-1, dtype=np.int64)  # type: ignore[no-any-return]
+
+
 def distances(query: bytes, hashes: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
     """Hamming distance from one hash to each row of an (N x 32) uint8 array of hashes."""
-    mine = np.frombuffer(query, np.uint8)
-    return np.bitwise_count(np.bitwise_xor(hashes, mine)).sum(axis=1, dtype=np.int64)  # type: ignore[no-any-return]
+    return bit_differences(hashes, np.frombuffer(query, np.uint8))
 
 
 def frame_hash(frame: Frame) -> PdqHash:

@@ -16,7 +16,7 @@ import numpy.typing as npt
 from worker.core.contracts import FrameHash, NearDuplicate
 from worker.core.settings import NearDuplicateSettings
 from worker.core.types import Frame
-from worker.media.pdq import BITS, PdqHash, frame_hash
+from worker.media.pdq import BITS, PdqHash, bit_differences, frame_hash
 
 _BYTES = BITS // 8
 Hashes = npt.NDArray[np.uint8]  # N x 32
@@ -60,8 +60,7 @@ class MediaHashes:
 
 def pairwise(a: Hashes, b: Hashes) -> npt.NDArray[np.int64]:
     """(len(a) x len(b)) PDQ distances."""
-    xor = np.bitwise_xor(a[:, None, :], b[None, :, :])
-    return np.bitwise_count(xor).sum(axis=2, dtype=np.int64)  # type: ignore[no-any-return]
+    return bit_differences(a[:, None, :], b[None, :, :])
 
 
 def _compare(query: Hashes, target: Hashes, settings: NearDuplicateSettings) -> tuple[float, float, int] | None:
