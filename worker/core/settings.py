@@ -218,7 +218,7 @@ class CacheSettings(BaseModel):
 class NearDuplicateSettings(BaseModel):
     """Perceptual-hash near-duplicates (PDQ per still and per sampled frame; vPDQ's matching for video).
 
-    The defaults come from `make bench-neardup` (deploy/local/neardup_bench.py, numbers in docs/DESIGN.md):
+    The defaults come from `make bench-neardup` (deploy/local/neardup_bench.py, numbers in docs/neardup-bench.md):
     `tag_only` because a face swapped into an otherwise unchanged video is itself a near-duplicate of its source.
     """
 
