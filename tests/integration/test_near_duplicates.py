@@ -1,11 +1,15 @@
 """Near-duplicates on the real stack: a re-encoded copy of a judged video is answered from its verdict with no
-Triton call; a distinct video is scored as usual."""
+Triton call; a distinct video is scored as usual; a hash-list entry is reported in the verdict."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import urllib.request
+from pathlib import Path
 
 from harness import Topics, collect, produce
 
@@ -61,3 +65,25 @@ def test_a_reencoded_video_is_answered_without_inference_and_a_distinct_one_is_n
     body = worker.metrics()
     assert 'dfmod_near_duplicates_total{outcome="answered"} 1.0' in body
     assert 'dfmod_near_duplicates_total{outcome="miss"}' in body
+
+
+def test_a_hash_list_match_is_reported(
+    bootstrap: str, topics: Topics, start_worker: WorkerFactory, conn: dict[str, str], tmp_path: Path
+) -> None:
+    from worker.media.pdq import luma_of, pdq_hash
+
+    prefix = {"DFMOD_CACHE__KEY_PREFIX": f"dfmod:verdict:{topics.events}:"}  # the worker's (conftest)
+    listed = pdq_hash(luma_of(media.load_rgb(media.ASTRONAUT))).hex
+    csv = tmp_path / "known.csv"
+    csv.write_text(f"pdq,label,list,source\n{listed},fake,known-fakes,integration test\n")
+    done = subprocess.run([sys.executable, "-m", "worker.cli.main", "hashlist", "import", str(csv)],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, **conn, **prefix})
+    assert done.returncode == 0, done.stderr
+    start_worker()  # lists: annotate (the default)
+    event_id, key, value = media.event(media.still_jpeg(quality=60), content_type="image/jpeg")
+    produce(bootstrap, topics.events, [(key, value)])
+    data = next(r for r in collect(bootstrap, topics.verdicts, {event_id}, timeout_s=120) if r["id"] == event_id)
+    match = data["data"]["match"]
+    assert match is not None and match["list"] == "known-fakes" and match["label"] == "fake", data
+    assert match["source"] == "integration test" and match["distance"] <= 31
+    assert data["data"]["status"] == "ok" and data["data"]["score"] is not None  # annotated, still scored

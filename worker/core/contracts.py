@@ -146,6 +146,15 @@ class NearDuplicate(BaseModel):
     answered: bool = False        # the verdict is the matched media's (mode `on`), not this media's own scores
 
 
+class ListMatch(BaseModel):
+    """An entry of an operator's hash list (`dfmod hashlist import`) that this media matches."""
+
+    list: str
+    label: Literal["fake", "real"]
+    source: str = ""
+    distance: int                 # PDQ bits, as in NearDuplicate
+
+
 class VerdictData(BaseModel):
     status: Status
     label: Label | None = None
@@ -172,6 +181,9 @@ class VerdictData(BaseModel):
     phash: list[FrameHash] = Field(default_factory=list)
     #: set when the media matched earlier-judged media (NearDuplicateSettings)
     near_duplicate: NearDuplicate | None = None
+    #: set when the media matches a hash-list entry (NearDuplicateSettings.lists); with `lists: decide` the
+    #: label is the list's and `score` is null (nothing was scored)
+    match: ListMatch | None = None
 
 
 class Verdict(BaseModel):

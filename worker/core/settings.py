@@ -237,6 +237,9 @@ class NearDuplicateSettings(BaseModel):
     bands: Literal[8, 16, 32] = 16
     #: At most this many candidate media are compared per look-up (the ones sharing the most bands).
     max_candidates: int = Field(default=64, ge=1)
+    #: Hash lists (`dfmod hashlist import`): off; annotate (the verdict's `match`, the media still scored);
+    #: decide (a match is answered with the list's label, no detection or inference).
+    lists: Literal["off", "annotate", "decide"] = "annotate"
 
 
 class WorkerSettings(BaseSettings):

@@ -39,6 +39,10 @@ NEAR_DUPLICATES = Counter(
     "Near-duplicate look-ups, by outcome: answered (earlier verdict reused), tagged (match reported, scored), miss",
     ["outcome"],
 )
+HASH_LIST_MATCHES = Counter(
+    "dfmod_hash_list_matches_total", "Media matching an operator's hash list, by the list's label and the mode",
+    ["label", "mode"],
+)
 BATCH_SIZE = Histogram(
     "dfmod_batch_size", "Faces per inference request", buckets=(1, 2, 4, 8, 16, 32, 64, 128)
 )

@@ -21,6 +21,7 @@ from worker.infer.batcher import BatchHook, MicroBatcher
 from worker.obs import metrics
 from worker.scoring.budget import Budget
 from worker.scoring.cache import VerdictCache
+from worker.scoring.hashlist import HashLists
 from worker.scoring.neardup import NearDuplicateIndex
 from worker.scoring.pipeline import MediaPipeline
 
@@ -62,14 +63,19 @@ class Engine:
             if use_cache else None
         )
         self.near_index = (
-            NearDuplicateIndex(self.cache, settings.near_duplicate, self.model,
-                               pipeline_version(settings.decode.sampling))
+            NearDuplicateIndex.for_model(self.cache, settings.near_duplicate, self.model,
+                                         pipeline_version(settings.decode.sampling))
             if self.cache is not None and self.cache.enabled and settings.near_duplicate.mode != "off" else None
+        )
+        self.hash_lists = (
+            HashLists(self.cache, settings.near_duplicate)
+            if self.cache is not None and self.cache.enabled and settings.near_duplicate.lists != "off" else None
         )
         self.pipeline = MediaPipeline(
             settings, self.batcher, self.model, self.cache, detector=detector,
             breaker=self.breaker, budget=Budget(settings.max_in_flight_bytes, "bytes"),
             face_budget=Budget(settings.max_faces_in_flight, "faces"), near_index=self.near_index,
+            hash_lists=self.hash_lists,
         )
 
     def close(self) -> None:

@@ -37,11 +37,19 @@ log = logging.getLogger(__name__)
 class NearDuplicateIndex:
     """`lookup` the best earlier match of a media's hashes; `add` a judged media. Never raises."""
 
-    def __init__(self, cache: VerdictCache, settings: NearDuplicateSettings, model: ModelInfo,
-                 pipeline_version: str) -> None:
-        self.cache, self.settings = cache, settings
-        self._root = f"{cache.settings.key_prefix}nd:{model_digest(model, pipeline_version)}:"
+    def __init__(self, cache: VerdictCache, settings: NearDuplicateSettings, root: str,
+                 ttl_s: int | None) -> None:
+        """Keys under `root`; entries expire after `ttl_s` (None: never, for hash lists)."""
+        self.cache, self.settings, self.ttl_s = cache, settings, ttl_s
+        self._root = root
         self._width = 32 // settings.bands  # bytes per band
+
+    @classmethod
+    def for_model(cls, cache: VerdictCache, settings: NearDuplicateSettings, model: ModelInfo,
+                  pipeline_version: str) -> NearDuplicateIndex:
+        """The index of media judged under this model and pipeline version, expiring with their verdicts."""
+        root = f"{cache.settings.key_prefix}nd:{model_digest(model, pipeline_version)}:"
+        return cls(cache, settings, root, max(1, int(cache.settings.ttl_s)))
 
     def _bands(self, hashes: Any) -> list[str]:
         keys = []
@@ -92,22 +100,24 @@ class NearDuplicateIndex:
                 best = found
         return best
 
-    def add(self, sha: str, hashes: MediaHashes) -> None:
-        """Index one judged media (its usable frames); expires with the verdict cache's TTL."""
+    def add(self, sha: str, hashes: MediaHashes) -> bool:
+        """Index one media (its usable frames) under `sha`; False when Redis failed or nothing was usable."""
         usable = hashes.usable(self.settings.min_quality)
         if not len(usable.hashes):
-            return
-        ttl = max(1, int(self.cache.settings.ttl_s))
+            return False
+        ttl = self.ttl_s
 
-        def write(redis: Any) -> None:
+        def write(redis: Any) -> bool:
             pipe = redis.pipeline(transaction=False)
             pipe.set(self._record(sha), usable.to_bytes(), ex=ttl)
             for key in self._bands(usable.hashes):
                 pipe.sadd(key, sha)
-                pipe.expire(key, ttl)
+                if ttl is not None:
+                    pipe.expire(key, ttl)
             pipe.execute()
+            return True
 
-        self.cache.call("near-duplicate SADD", write)
+        return bool(self.cache.call("near-duplicate SADD", write))
 
 
 def _better(a: NearDuplicate, b: NearDuplicate) -> bool:

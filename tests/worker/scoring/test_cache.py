@@ -17,7 +17,7 @@ from worker.core.contracts import ModelInfo
 from worker.core.settings import CacheSettings
 from worker.scoring.cache import VerdictCache, cache_key
 
-from .redis_server import RedisServer, free_port, settings_for
+from ..redis_server import RedisServer, free_port, settings_for
 
 SHA = "ab" * 32
 MODEL = ModelInfo(

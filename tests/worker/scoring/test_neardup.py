@@ -20,14 +20,15 @@ from worker.scoring.cache import VerdictCache
 from worker.scoring.neardup import NearDuplicateIndex
 from worker.scoring.pipeline import MediaPipeline
 
-from .redis_server import RedisServer, settings_for
+from ..redis_server import RedisServer, settings_for
 from .test_similar import flipped, media, random_hash
 
 PIPELINE = pipeline_version("exact")
 
 
 def index_on(server: RedisServer, **near: object) -> NearDuplicateIndex:
-    return NearDuplicateIndex(VerdictCache(settings_for(server)), NearDuplicateSettings(**near), FAKE_MODEL, PIPELINE)
+    return NearDuplicateIndex.for_model(VerdictCache(settings_for(server)), NearDuplicateSettings(**near), FAKE_MODEL,
+                                        PIPELINE)
 
 
 def test_a_judged_media_is_found_again_and_a_distinct_one_is_not(redis_server: RedisServer) -> None:
@@ -43,8 +44,8 @@ def test_a_judged_media_is_found_again_and_a_distinct_one_is_not(redis_server: R
 def test_another_model_digest_does_not_see_the_entries(redis_server: RedisServer) -> None:
     frames = [random_hash()]
     index_on(redis_server).add("a" * 64, media(frames))
-    other = NearDuplicateIndex(VerdictCache(settings_for(redis_server)), NearDuplicateSettings(),
-                               FAKE_MODEL.model_copy(update={"version": "other"}), PIPELINE)
+    other = NearDuplicateIndex.for_model(VerdictCache(settings_for(redis_server)), NearDuplicateSettings(),
+                                         FAKE_MODEL.model_copy(update={"version": "other"}), PIPELINE)
     assert other.lookup(media(frames)) is None
 
 
@@ -75,7 +76,7 @@ def pipeline(models_dir: Path, server: RedisServer, mode: str) -> tuple[MediaPip
     settings.near_duplicate = NearDuplicateSettings(mode=mode)  # type: ignore[arg-type]
     backend = FakeBackend()
     cache = VerdictCache(settings.cache)
-    index = NearDuplicateIndex(cache, settings.near_duplicate, FAKE_MODEL, PIPELINE)
+    index = NearDuplicateIndex.for_model(cache, settings.near_duplicate, FAKE_MODEL, PIPELINE)
     batcher = MicroBatcher(backend, BatchSettings(max_size=8, max_delay_ms=2))
     return MediaPipeline(settings, batcher, FAKE_MODEL, cache=cache, near_index=index), backend
 

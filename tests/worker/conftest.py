@@ -1,4 +1,4 @@
-"""Fixtures of the scoring tests."""
+"""Fixtures of the worker tests: a real redis-server (verdict cache, near-duplicate index, hash lists)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A real redis-server for the scoring tests (verdict cache, near-duplicate index), on a free port."""
+"""A real redis-server for the worker tests (verdict cache, near-duplicate index, hash lists), on a free port."""
 
 from __future__ import annotations
 
