@@ -178,6 +178,12 @@ class TritonSettings(BaseModel):
     timeout_s: float = 30.0
     #: How long start-up waits for Triton to answer and the model to become ready (exit codes 12, 13).
     ready_timeout_s: float = 120.0
+    #: How requests spread over Triton servers. `pick_first`: one connection, to the first address `url`
+    #: resolves to. `round_robin`: a connection to every address, requests taken in turn; give it a name
+    #: that resolves to each server (`dns:///triton-pods:8001`, a headless Service), so a Triton rollout or
+    #: a second GPU does not leave every worker on one pod. gRPC resolves the name again whenever a
+    #: connection drops (a pod went away); a pod added while all others stay up is found at the next drop.
+    load_balancing: Literal["pick_first", "round_robin"] = "pick_first"
 
 
 class RetrySettings(BaseModel):

@@ -50,11 +50,13 @@ app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/* A component's ServiceAccount. Call with (dict "root" . "component" "worker"|"triton"). */}}
 {{- define "dfmod.serviceAccountName" -}}
-{{- if .Values.serviceAccount.create -}}
-{{- default (include "dfmod.fullname" .) .Values.serviceAccount.name -}}
+{{- $sa := (get .root.Values .component).serviceAccount -}}
+{{- if $sa.create -}}
+{{- default (printf "%s-%s" (include "dfmod.fullname" .root) .component) $sa.name -}}
 {{- else -}}
-{{- default "default" .Values.serviceAccount.name -}}
+{{- default "default" $sa.name -}}
 {{- end -}}
 {{- end -}}
 
@@ -86,10 +88,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- $grace -}}
 {{- end -}}
 
-{{/* gRPC address the workers call: this release's Triton Service, or triton.externalUrl. */}}
+{{/* gRPC address the workers call: this release's headless Triton Service (every pod), or triton.externalUrl. */}}
 {{- define "dfmod.triton.url" -}}
 {{- if .Values.triton.enabled -}}
-{{- printf "%s:8001" (include "dfmod.triton.fullname" .) -}}
+{{- printf "dns:///%s-pods:8001" (include "dfmod.triton.fullname" .) -}}
 {{- else if .Values.triton.externalUrl -}}
 {{- .Values.triton.externalUrl -}}
 {{- else -}}
@@ -183,4 +185,14 @@ Call with (dict "prefix" "DFMOD_" "settings" .Values.worker.settings).
 {{- end -}}
 {{- $_ := include "dfmod.worker.gracePeriod" . -}}
 {{- $_ := include "dfmod.triton.url" . -}}
+{{- end -}}
+
+{{/* Stakater Reloader's annotation naming the Secrets a Deployment references (rolloutOnSecretChange), or nothing.
+Call with (dict "root" . "secrets" (list name...)); empty names are left out. */}}
+{{- define "dfmod.reloadOn" -}}
+{{- $names := compact .secrets | uniq -}}
+{{- if and .root.Values.rolloutOnSecretChange $names -}}
+annotations:
+  secret.reloader.stakater.com/reload: {{ join "," $names | quote }}
+{{- end -}}
 {{- end -}}
