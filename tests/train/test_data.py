@@ -256,7 +256,7 @@ def test_prepare_crops_are_the_workers_crops(media_folder: Path, shared_dir: Pat
     from train.cli import main
     from train.data.prepare import decode_settings, face_settings, select_faces
     from worker.faces.extract import extract_faces
-    from worker.faces.factory import create_model
+    from worker.faces.factory import create_detector
     from worker.media.decode import decode_media
 
     out = tmp_path / "prepared"
@@ -295,7 +295,7 @@ def test_prepare_crops_are_the_workers_crops(media_folder: Path, shared_dir: Pat
 
     # the same media through the worker's functions directly: identical pixels, same frames
     fs = face_settings("yunet", weights)
-    detector = create_model(fs)
+    detector = create_detector(fs)
     for vid, media in (("real/astronaut", "real/astronaut.png"), ("fake/clip", "fake/clip.mp4")):
         decoded = decode_media((media_folder / media).read_bytes(), decode_settings(4))
         direct = select_faces(extract_faces(decoded.frames, detector, fs), 1)
