@@ -32,7 +32,8 @@ CHART_OWNED: frozenset[str] = frozenset({
     "kafka.retry_topic", "kafka.group_id", "kafka.group_instance_id", "kafka.security_protocol",
     "kafka.sasl_mechanism", "kafka.sasl_username",
     "kafka.ssl_cafile", "kafka.ssl_certfile", "kafka.ssl_keyfile",
-    "cache.enabled", "cache.url",
+    "cache.enabled", "cache.url", "cache.username", "cache.tls_ca_file", "cache.tls_cert_file", "cache.tls_key_file",
+    "triton.tls", "triton.tls_ca_file", "triton.tls_cert_file", "triton.tls_key_file",
     "triton.url",
     "faces.weights_dir",
     "http_host", "http_port",
@@ -103,6 +104,11 @@ def pod_placement() -> dict[str, Schema]:
         "topologySpreadConstraints": K8S_LIST,
         "priorityClassName": STRING,
     }
+
+
+def tls_files() -> Schema:
+    key = {"type": "string", "pattern": "^[-._a-zA-Z0-9]*$"}
+    return obj({"existingSecret": SECRET_NAME, "caKey": key, "certKey": key, "keyKey": key})
 
 
 def service_account() -> Schema:
@@ -186,6 +192,7 @@ def values_schema() -> Schema:
     triton = obj({
         "enabled": BOOL,
         "externalUrl": {"type": "string", "pattern": "^((dns:///)?[^/:]+:[0-9]+)?$"},
+        "tls": obj({"enabled": BOOL, "serverSecret": SECRET_NAME, **tls_files()["properties"]}),
         "image": image(),
         "replicas": integer(0),
         "gpus": integer(0),
@@ -268,6 +275,8 @@ def values_schema() -> Schema:
                 "url": {"type": "string", "pattern": "^rediss?://"},
                 **secret_ref,
                 "passwordKey": SECRET_KEY,
+                "username": STRING,
+                "tls": tls_files(),
             }, ("enabled", "url")),
             "worker": worker,
             "triton": triton,

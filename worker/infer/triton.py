@@ -104,7 +104,11 @@ class TritonBackend:
         if client is None:
             import tritonclient.grpc as grpcclient  # heavy import, kept out of `dfmod --help`
 
-            client = grpcclient.InferenceServerClient(url=settings.url, channel_args=channel_args(settings))
+            client = grpcclient.InferenceServerClient(
+                url=settings.url, channel_args=channel_args(settings), ssl=settings.tls,
+                root_certificates=settings.tls_ca_file or None, private_key=settings.tls_key_file or None,
+                certificate_chain=settings.tls_cert_file or None,
+            )
         self.settings = settings
         self._client = client
         self._slots = threading.BoundedSemaphore(max(1, settings.max_in_flight))

@@ -34,6 +34,9 @@ FACES_IN_FLIGHT = Gauge(
 )
 PAUSED = Gauge("dfmod_paused", "1 while the consumer has paused its partitions for backpressure")
 CACHE = Counter("dfmod_cache_requests_total", "Verdict cache look-ups", ["result"])
+CACHE_AVAILABLE = Gauge("dfmod_cache_available",
+                        "1 while Redis answered the last look-up, 0 while it fails (refused credentials or TLS, "
+                        "down): verdicts are then scored uncached")
 BATCH_SIZE = Histogram(
     "dfmod_batch_size", "Faces per inference request", buckets=(1, 2, 4, 8, 16, 32, 64, 128)
 )

@@ -602,6 +602,9 @@ class Worker:
         self.publisher.schedule = self.loop.call_later
         self.health.ready_checks["inference"] = lambda: not self.engine.breaker.is_open
         self.health.ready_checks["triton"] = backend.is_ready
+        if self.engine.cache is not None:
+            cache = self.engine.cache
+            self.health.degraded["cache"] = lambda: cache.problem if cache.enabled else None
         self.health.ready_checks["kafka_assignment"] = lambda: self.loop.assigned.is_set() or self.consumer.in_group()
         self.stop_requested = self.loop.stop_requested
 

@@ -143,6 +143,14 @@ Call with (dict "prefix" "DFMOD_" "settings" .Values.worker.settings).
 
 {{/* Checks that span several values (the schema checks single values). */}}
 {{- define "dfmod.validate" -}}
+{{- if and .Values.triton.enabled .Values.triton.tls.enabled (not .Values.triton.tls.serverSecret) -}}
+{{- fail "triton.tls.enabled with this chart's Triton: set triton.tls.serverSecret (a kubernetes.io/tls Secret whose certificate names <release>-triton-pods)" -}}
+{{- end -}}
+{{- range $name, $tls := dict "cache.tls" .Values.cache.tls "triton.tls" .Values.triton.tls -}}
+{{- if and $tls.certKey (not $tls.keyKey) -}}
+{{- fail (printf "%s.certKey is set: set %s.keyKey too (a client certificate and its key)" $name $name) -}}
+{{- end -}}
+{{- end -}}
 {{- $w := .Values.worker -}}
 {{- $a := $w.autoscaling -}}
 {{- $parts := int .Values.kafka.eventsPartitions -}}
@@ -195,4 +203,24 @@ Call with (dict "root" . "secrets" (list name...)); empty names are left out. */
 annotations:
   secret.reloader.stakater.com/reload: {{ join "," $names | quote }}
 {{- end -}}
+{{- end -}}
+
+{{/* The Redis TLS Secret is mounted (a rediss:// URL and a Secret given). */}}
+{{- define "dfmod.cache.tlsMounted" -}}
+{{- if and (hasPrefix "rediss://" .Values.cache.url) .Values.cache.tls.existingSecret }}true{{ end -}}
+{{- end -}}
+
+{{/* <prefix>TLS_CA_FILE / TLS_CERT_FILE / TLS_KEY_FILE for the keys of a mounted TLS Secret.
+Call with (dict "prefix" "DFMOD_CACHE__" "dir" "/etc/dfmod/redis-tls" "tls" .Values.cache.tls). */}}
+{{- define "dfmod.tlsFileEnv" -}}
+{{- if .tls.caKey }}
+- name: {{ .prefix }}TLS_CA_FILE
+  value: {{ printf "%s/%s" .dir .tls.caKey | quote }}
+{{- end }}
+{{- if .tls.certKey }}
+- name: {{ .prefix }}TLS_CERT_FILE
+  value: {{ printf "%s/%s" .dir .tls.certKey | quote }}
+- name: {{ .prefix }}TLS_KEY_FILE
+  value: {{ printf "%s/%s" .dir .tls.keyKey | quote }}
+{{- end }}
 {{- end -}}
