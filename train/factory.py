@@ -164,7 +164,7 @@ def create_model(
     ln_tuning: bool = True,
     head_norm: bool = True,
 ) -> DeepfakeDetector:
-    """The deepfake model (CLIP tower + head) for `arch` with weights `random-init`, `openai`, or a path to a weights file.
+    """The deepfake model (CLIP tower + head) for `arch`; weights `random-init`, `openai` or a weights file path.
 
     Init is seeded (tower and head) without touching the global RNG. LN-tuning is applied by default
     because it is the method; pass `ln_tuning=False` to leave everything trainable. `head_norm=False`
