@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "train.evaluate",
     "calibrate": "train.calibrate",
     "export": "train.export",
+    "benchmark": "train.benchmark",
     "import": "train.released.command",
 }
 

@@ -92,3 +92,91 @@ def test_prepare_a_test_set_writes_listing_and_refuses_unsplit_ffpp(
     rc = main(["prepare", str(layouts["ffpp"]), "--out", str(tmp_path / "ff"), *common])
     assert rc == 1
     assert "--ffpp-splits" in capsys.readouterr().err
+
+
+# -- dfmod-train benchmark -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prepared(layouts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> dict[str, Path]:
+    from train.cli import main
+
+    root = tmp_path_factory.mktemp("prepared")
+    out = {}
+    for name in ("celebdf", "dfdc", "ffiw"):
+        out[name] = root / name
+        args = ["prepare", str(layouts[name]), "--format", name, "--out", str(out[name]), "--frames", "2"]
+        assert main([*args, "--weights-dir", str(models_dir), "--workers", "0"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from train.checkpoint import save_checkpoint
+    from train.factory import create_model
+
+    path = tmp_path_factory.mktemp("ck") / "tiny.pt"
+    save_checkpoint(path, create_model("tiny", seed=3), {"arch": "tiny"})
+    return path
+
+
+def test_benchmark_table_matches_sklearn_and_caches_scores(
+    prepared: dict[str, Path], tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import csv
+
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from train.cli import main
+
+    dirs = [str(prepared[n]) for n in ("celebdf", "dfdc", "ffiw")]
+    assert main(["benchmark", *dirs, "--model", str(tiny_checkpoint), "--out", str(tmp_path / "b"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    rows = {d["key"]: d for d in doc["datasets"]}
+    assert [rows[k]["scored"] for k in ("celebdf", "dfdc", "ffiw")] == [4, 4, 5]
+    assert [rows[k]["listed"] for k in ("celebdf", "dfdc", "ffiw")] == [5, 5, 6]
+    assert rows["celebdf"]["dropped"] == {"not_on_disk": 1} and rows["ffiw"]["dropped"] == {"no_partner": 1}
+    assert rows["celebdf"]["paper"] == 96.62 and not any(r["cached"] for r in rows.values())
+    for key, row in rows.items():
+        with open(row["cache"], newline="") as fh:
+            crops = list(csv.DictReader(fh))
+        by_video: dict[str, dict[int, float]] = {}
+        labels: dict[str, int] = {}
+        for c in crops:  # the worker's rule, by hand: max over a frame's faces, mean over frames
+            frames = by_video.setdefault(c["video_id"], {})
+            frames[int(c["frame_index"])] = max(frames.get(int(c["frame_index"]), 0.0), float(c["score"]))
+            labels[c["video_id"]] = int(c["label"])
+        y = [labels[v] for v in by_video]
+        s = [sum(f.values()) / len(f) for f in by_video.values()]
+        assert row["video_auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12), key
+        assert row["video_ap"] == pytest.approx(average_precision_score(y, s), abs=1e-12), key
+        assert row["delta"] == pytest.approx(100 * row["video_auroc"] - row["paper"])
+    assert (tmp_path / "b" / "roc_video.png").is_file() and (tmp_path / "b" / "benchmark.json").is_file()
+
+    # a second run reads the cached scores (same model, same preprocessing): inference only once
+    assert main(["benchmark", *dirs, "--model", str(tiny_checkpoint), "--out", str(tmp_path / "c")]) == 0
+    printed = capsys.readouterr().out
+    assert "Celeb-DF-v2" in printed and "96.62" in printed and "4 / 5" in printed
+    again = json.loads((tmp_path / "c" / "benchmark.json").read_text())
+    assert all(d["cached"] for d in again["datasets"])
+    assert [d["video_auroc"] for d in again["datasets"]] == [d["video_auroc"] for d in doc["datasets"]]
+
+
+def test_benchmark_scores_an_exported_triton_repository_like_its_checkpoint(
+    prepared: dict[str, Path], tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    from train.benchmark import benchmark
+    from train.checkpoint import load_checkpoint
+    from train.export import export_repository
+
+    detector, _ = load_checkpoint(tiny_checkpoint)
+    export_repository(detector, tmp_path / "repo", backend="onnxruntime")
+    torch_doc = benchmark(tiny_checkpoint, [prepared["dfdc"]], tmp_path / "t", device="cpu", plots=False)
+    onnx_doc = benchmark(tmp_path / "repo", [prepared["dfdc"]], tmp_path / "o", plots=False)
+    assert onnx_doc["model_kind"] == "triton" and onnx_doc["model_sha256"] != torch_doc["model_sha256"]
+    (t,), (o,) = torch_doc["datasets"], onnx_doc["datasets"]
+    assert t["scored"] == o["scored"] == 4
+    with open(t["cache"]) as a, open(o["cache"]) as b:
+        ta = [float(r.split(",")[-1]) for r in a.read().splitlines()[1:]]
+        ob = [float(r.split(",")[-1]) for r in b.read().splitlines()[1:]]
+    assert ob == pytest.approx(ta, abs=1e-5)
