@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from train import metrics
+from train.commands.benchmark import register as register  # the parser is defined without torch
 from train.data.benchmarks import DISPLAY, PAPER_VIDEO_AUROC
 from train.data.manifest import CropRecord, crop_path, read_manifest, resolve_manifest
 from worker.scoring.aggregate import media_score
@@ -312,21 +313,6 @@ def benchmark(
         plot_roc(frames, out / "roc_frame.png", title="ROC, frame level")
         plot_histograms(videos, out / "hist_video.png", 0.5, title="video scores", unit="videos")
     return doc
-
-
-def register(subparsers: Any) -> None:
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "benchmark", help="score prepared cross-dataset test sets, compare with the paper's video AUROC"
-    )
-    p.add_argument("data", type=Path, nargs="+", help="prepared test-set folders (prepare --format celebdf, ...)")
-    p.add_argument("--model", type=Path, required=True, help="dfmod checkpoint, or an exported Triton repository")
-    p.add_argument("--out", type=Path, required=True, help="folder for benchmark.json and plots")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (checkpoints)")
-    p.add_argument("--batch-size", type=int, default=64, help="scoring batch size")
-    p.add_argument("--backbone-weights", default=None, help="backbone file when the checkpoint names a file hash")
-    p.add_argument("--json", action="store_true", help="print benchmark.json instead of the table")
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

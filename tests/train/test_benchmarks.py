@@ -180,3 +180,17 @@ def test_benchmark_scores_an_exported_triton_repository_like_its_checkpoint(
         ta = [float(r.split(",")[-1]) for r in a.read().splitlines()[1:]]
         ob = [float(r.split(",")[-1]) for r in b.read().splitlines()[1:]]
     assert ob == pytest.approx(ta, abs=1e-5)
+
+
+def test_evaluate_on_a_test_set_scores_the_whole_official_list(
+    prepared: dict[str, Path], tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from train.cli import main
+
+    args = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--data", str(prepared["celebdf"])]
+    assert main([*args, "--out", str(tmp_path), "--no-plots", "--device", "cpu"]) == 0  # default split: test
+    doc = json.loads((tmp_path / "metrics.json").read_text())
+    assert doc["coverage"] == {"benchmark": "celebdf", "videos_listed": 5, "videos_scored": 4,
+                               "dropped": {"not_on_disk": 1}}  # fmt: skip
+    assert doc["metrics"]["all"]["video"]["n"] == 4
+    assert "celebdf: 4 of 5 listed videos scored (not_on_disk 1)" in capsys.readouterr().out

@@ -225,8 +225,6 @@ def test_train_transform_deterministic_per_seed_epoch_index() -> None:
 # -- prepare: the worker's face pipeline, byte-for-byte ------------------------------------------------
 
 
-
-
 def write_video(path: Path, rgb: np.ndarray, n_frames: int = 10) -> None:
     """A short h264 clip panning over the still (a real face that moves)."""
     with av.open(str(path), "w", format="mp4") as container:

@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import json
 import multiprocessing
-import os
 import platform
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -32,7 +31,8 @@ from typing import Any
 import cv2
 from tqdm import tqdm
 
-from train.data.benchmarks import ALL_FORMATS, READERS, Listing, read_listing
+from train.commands.prepare import register as register  # the parser is defined without torch
+from train.data.benchmarks import READERS, Listing, read_listing
 from train.data.manifest import CropRecord, write_manifest
 from train.data.readers import FFPP_METHODS, MediaItem, detect_format
 from train.data.splits import assign_splits
@@ -331,39 +331,6 @@ def print_report(report: PrepareReport) -> None:
             table.add_row(m.video_id, str(m.label), m.path, m.reason)
         console.print(table)
     console.print(f"manifest: {report.manifest}")
-
-
-def register(subparsers: Any) -> None:
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "prepare", help="decode media, detect and align faces (worker pipeline), write crops + manifest"
-    )
-    p.add_argument(
-        "source", type=Path, help="FF++ root, a media manifest (CSV/JSONL), a real/ fake/ folder, or a test set root"
-    )
-    p.add_argument("--out", type=Path, required=True, help="output folder (crops/, manifest.jsonl)")
-    p.add_argument(
-        "--format",
-        dest="fmt",
-        choices=ALL_FORMATS,
-        default=None,
-        help="source layout (ffpp/manifest/folders guessed if unset; test sets: " + ", ".join(READERS) + ")",
-    )
-    p.add_argument("--frames", type=int, default=32, help="frames sampled evenly per video")
-    p.add_argument("--detector", choices=("yunet", "scrfd", "haar"), default="yunet")
-    p.add_argument("--weights-dir", type=Path, default=None, help="face-detector weights folder")
-    p.add_argument("--faces-per-frame", type=int, default=1, help="largest N faces per frame (0 = all)")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--test-fraction", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=42, help="seed of the video-level split")
-    p.add_argument("--ffpp-splits", type=Path, default=None, help="folder with FF++'s official train/val/test.json")
-    p.add_argument(
-        "--ffpp-methods",
-        default=",".join(FFPP_METHODS),
-        help="FF++ manipulation folders to read, comma-separated (FaceShifter, DeepFakeDetection by name)",
-    )
-    p.add_argument("--random-split", action="store_true", help="FF++ without official lists: random video split")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes (0 = inline)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
