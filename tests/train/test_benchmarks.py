@@ -194,3 +194,41 @@ def test_evaluate_on_a_test_set_scores_the_whole_official_list(
                                "dropped": {"not_on_disk": 1}}  # fmt: skip
     assert doc["metrics"]["all"]["video"]["n"] == 4
     assert "celebdf: 4 of 5 listed videos scored (not_on_disk 1)" in capsys.readouterr().out
+
+
+def test_an_unreadable_listed_video_is_counted_as_dropped(
+    layouts: dict[str, Path], tmp_path: Path, models_dir: Path, tiny_checkpoint: Path
+) -> None:
+    import shutil
+
+    from train.benchmark import benchmark
+    from train.cli import main
+
+    src = tmp_path / "cdf"
+    shutil.copytree(layouts["celebdf"], src)
+    (src / "Celeb-real" / "id0_0000.mp4").write_bytes(b"not a video")
+    out = tmp_path / "prepared"
+    args = ["prepare", str(src), "--format", "celebdf", "--out", str(out), "--frames", "2"]
+    assert main([*args, "--weights-dir", str(models_dir), "--workers", "0"]) == 0
+    (row,) = benchmark(tiny_checkpoint, [out], tmp_path / "b", device="cpu", plots=False)["datasets"]
+    assert row["listed"] == 5 and row["scored"] == 3
+    assert row["dropped"] == {"decode_failed": 1, "not_on_disk": 1}
+
+
+def test_prepare_a_deepfakebench_json_keeps_frame_numbers(
+    layouts: dict[str, Path], tmp_path: Path, models_dir: Path
+) -> None:
+    from train.cli import main
+
+    out = tmp_path / "dfb"
+    args = ["prepare", str(layouts["deepfakebench"]), "--format", "deepfakebench", "--out", str(out)]
+    assert main([*args, "--weights-dir", str(models_dir), "--workers", "0"]) == 0
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted((r["video_id"], r["frame_index"], r["label"]) for r in rows) == [
+        ("Celeb-DF-v2/CelebDFv2_fake_id0_id1_0000", 0, 1),
+        ("Celeb-DF-v2/CelebDFv2_fake_id0_id1_0000", 15, 1),
+        ("Celeb-DF-v2/CelebDFv2_real_id0_0000", 0, 0),
+        ("Celeb-DF-v2/CelebDFv2_real_id0_0000", 15, 0),
+    ]
+    listing = json.loads((out / "listing.json").read_text())
+    assert listing["videos_listed"] == 3 and listing["videos_on_disk"] == 2
