@@ -18,10 +18,10 @@ skipped. The rules and the lines of the reference code they follow (DeepfakeBenc
   file in one folder without a same-named partner in the other is reported (pairing assumed).
 * ``deepspeak`` — DeepSpeak v1 ``test/real/**`` real, every other folder below ``test/`` (one per
   generator: facefusion, facefusion_gan, facefusion_live, retalking, wav2lip, GenD files.py:426-436) fake.
-  The release layout itself is unconfirmed.
+  The release layout itself is unconfirmed, and GenD's lists are for DeepSpeak 1.1, not v1.
 * ``deepfakebench`` — DeepfakeBench's dataset JSON (``{dataset: {label: {split: [{compression:]
   {video: {label, frames}}}}}``, rearrange.py:7-54; read as abstract_dataset.py:190-207 does; labels per
-  train_config.yaml:11-44). Its frames are images; each frame keeps its number as its frame index.
+  train_config.yaml:11-43). Its frames are images; each frame keeps its number as its frame index.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ DISPLAY: dict[str, str] = {
     "deepfakebench": "DeepfakeBench JSON",
 }
 
-#: DeepfakeBench label names -> 0/1 (training/config/train_config.yaml:11-44 `label_dict`).
+#: DeepfakeBench label names -> 0/1 (training/config/train_config.yaml:11-43 `label_dict`).
 DFB_LABELS: dict[str, int] = {
     "DFD_fake": 1, "DFD_real": 0, "FF-SH": 1, "FF-F2F": 1, "FF-DF": 1, "FF-FS": 1, "FF-NT": 1, "FF-FH": 1,
     "FF-real": 0, "CelebDFv1_real": 0, "CelebDFv1_fake": 1, "CelebDFv2_real": 0, "CelebDFv2_fake": 1,
