@@ -59,7 +59,7 @@ def test_manifest_roundtrip_and_validation(tmp_path: Path) -> None:
 def make_ffpp(root: Path) -> None:
     for vid in ("000", "003", "001", "002", "004"):
         touch(root / "original_sequences/youtube/c23/videos" / f"{vid}.mp4")
-    for method in ("Deepfakes", "FaceSwap"):
+    for method in ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"):  # the paper's four
         for pair in ("000_003", "003_000", "001_002", "002_001"):
             touch(root / "manipulated_sequences" / method / "c23/videos" / f"{pair}.mp4")
     touch(root / "manipulated_sequences/Deepfakes/c40/videos/000_003.mp4")  # other compression: ignored
@@ -68,7 +68,7 @@ def make_ffpp(root: Path) -> None:
 def test_read_ffpp_labels_ids_groups(tmp_path: Path) -> None:
     make_ffpp(tmp_path)
     items = read_ffpp(tmp_path)
-    assert len(items) == 5 + 2 * 4
+    assert len(items) == 5 + 4 * 4
     real = [i for i in items if i.label == 0]
     assert {i.dataset for i in real} == {"FF-real"} and len(real) == 5
     fake = {i.video_id: i for i in items if i.label == 1}
@@ -223,8 +223,6 @@ def test_train_transform_deterministic_per_seed_epoch_index() -> None:
 
 
 # -- prepare: the worker's face pipeline, byte-for-byte ------------------------------------------------
-
-
 
 
 def write_video(path: Path, rgb: np.ndarray, n_frames: int = 10) -> None:
