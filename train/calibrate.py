@@ -24,6 +24,7 @@ import numpy as np
 
 from train import metrics
 from train.augment import eval_transform
+from train.commands.calibrate import register as register  # the parser is defined without torch
 from train.data.dataset import CropDataset
 from train.evaluate import resolve_device, score_dataset
 
@@ -136,30 +137,6 @@ def calibrate(
     extra.update({"threshold": cal.threshold, "uncertain_band": cal.uncertain_band, "calibration": cal.as_extra()})
     save_checkpoint(out or checkpoint, detector.cpu(), meta.get("config", {}), extra)
     return cal
-
-
-def register(subparsers: Any) -> None:
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "calibrate",
-        help="choose the threshold for a target FPR on validation data; store it in the checkpoint",
-    )
-    p.add_argument("--checkpoint", type=Path, required=True, help="dfmod checkpoint (rewritten unless --out)")
-    p.add_argument("--data", type=Path, required=True, help="prepared folder (manifest.jsonl) or manifest file")
-    p.add_argument("--split", default="val", help="split to calibrate on")
-    p.add_argument("--target-fpr", type=float, default=0.05, help="false-positive rate to stay within")
-    p.add_argument(
-        "--uncertain-band",
-        type=float,
-        default=0.05,
-        help="scores within threshold ± band are labelled 'uncertain' by the worker",
-    )
-    p.add_argument("--level", choices=("video", "frame"), default="video", help="score level to calibrate")
-    p.add_argument("--out", type=Path, default=None, help="write here instead of rewriting --checkpoint")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    p.add_argument("--batch-size", type=int, default=256, help="scoring batch size")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--backbone-weights", default=None, help="backbone file when the checkpoint names a file hash")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from train import weights_cache
 from train.factory import OPENAI, RANDOM_INIT, create_model, file_provenance, sha256_file
 from train.model import DeepfakeDetector
 from worker.core.version import PREPROCESSING_VERSION
@@ -42,6 +43,7 @@ def save_checkpoint(
         "format": FORMAT,
         "arch": detector.arch,
         "weights": detector.weights,
+        "backbone_sha256": detector.backbone_sha256,  # the backbone file in train.weights_cache
         "init_seed": detector.init_seed,
         "feature_dim": detector.feature_dim,
         "preprocessing_version": PREPROCESSING_VERSION,
@@ -95,13 +97,22 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def _backbone_source(stored: str, override: str | None) -> tuple[str, str]:
-    """(what to build from, provenance to record); refuses a backbone file that is not the trained one."""
+def _backbone_source(stored: str, override: str | None, sha256: str | None = None) -> tuple[str, str]:
+    """(what to build from, provenance to record); refuses a backbone file that is not the trained one.
+
+    Without an override the backbone comes from the weights cache when it holds the recorded hash, so an
+    `openai` checkpoint loads offline and a file-trained one needs no --backbone-weights."""
     if override is None:
-        if stored in (RANDOM_INIT, OPENAI):
+        if stored == RANDOM_INIT:
+            return stored, stored
+        cached = weights_cache.lookup(sha256)
+        if cached is not None:
+            return str(cached), stored
+        if stored == OPENAI:
             return stored, stored
         raise ValueError(
-            f"checkpoint was trained on backbone file {stored}; pass backbone_weights=<that file>"
+            f"checkpoint was trained on backbone file {stored}, which is not in the weights cache "
+            f"({weights_cache.cache_dir()}, ${weights_cache.ENV}); pass backbone_weights=<that file>"
         )
     if override in (RANDOM_INIT, OPENAI):
         if override != stored:
@@ -120,17 +131,25 @@ def load_checkpoint(
 ) -> tuple[DeepfakeDetector, dict[str, Any]]:
     """Rebuild the detector (in eval mode; call .train() to resume) with its metadata (config, extra, sha256).
 
-    `backbone_weights` points at the backbone file when the checkpoint's provenance is a file hash, or at
-    a local copy of the OpenAI weights when offline.
+    The backbone comes from `train.weights_cache` when it holds the checkpoint's `backbone_sha256`;
+    otherwise `backbone_weights` points at the backbone file when the provenance is a file hash, or at a
+    local copy of the OpenAI weights when offline.
     """
     payload = read_checkpoint(path)
     head_norm = bool(payload.get("head_norm", True))
     if payload.get("state_dict_scope", SCOPE_TRAINABLE) == SCOPE_FULL:
         detector = _full_detector(payload, head_norm)
     else:
-        source, provenance = _backbone_source(payload["weights"], backbone_weights)
+        sha = payload.get("backbone_sha256")
+        source, provenance = _backbone_source(payload["weights"], backbone_weights, sha)
+        from_cache = weights_cache.lookup(sha) is not None and source == str(weights_cache.lookup(sha))
         detector = create_model(
-            payload["arch"], source, device="cpu", seed=int(payload["init_seed"]), head_norm=head_norm
+            payload["arch"],
+            source,
+            device="cpu",
+            seed=int(payload["init_seed"]),
+            head_norm=head_norm,
+            known_sha256=sha if from_cache else None,
         )
         detector.weights = provenance
         detector.load_trainable_state_dict(payload["state_dict"])

@@ -1,7 +1,8 @@
 """`dfmod-train`: one sub-command per step of the training workflow.
 
-Each step lives in its own module, which exposes ``register(subparsers)``; every listed module is imported
-when the parser is built, so adding a step is one line.
+Each step's arguments live in `train.commands.<step>` (``register(subparsers)``), which imports nothing
+heavy: the module that does the work (and torch) is imported only when the step runs, so ``--help`` works
+on a machine without the training extra. Adding a step is one line here and one parser module.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from typing import NoReturn
 
 #: sub-command -> module that registers it (in workflow order).
 COMMANDS: dict[str, str] = {
-    "describe": "train.describe",
-    "prepare": "train.data.prepare",
-    "fit": "train.fit",
-    "evaluate": "train.evaluate",
-    "calibrate": "train.calibrate",
-    "export": "train.export",
-    "import": "train.released.command",
+    "describe": "train.commands.describe",
+    "prepare": "train.commands.prepare",
+    "fit": "train.commands.fit",
+    "evaluate": "train.commands.evaluate",
+    "calibrate": "train.commands.calibrate",
+    "export": "train.commands.export",
+    "benchmark": "train.commands.benchmark",
+    "import": "train.commands.import_release",
 }
 
 

@@ -9,16 +9,9 @@ import argparse
 import json
 from typing import Any
 
-from train.factory import ARCHES, RANDOM_INIT, create_model
+from train.commands.describe import register as register  # the parser is defined without torch
+from train.factory import create_model
 from train.model import parameter_breakdown
-
-
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("describe", help="parameter breakdown of an architecture under LN-tuning")
-    p.add_argument("--arch", choices=sorted(ARCHES), default="ViT-L-14")
-    p.add_argument("--weights", default=RANDOM_INIT, help="random-init (default) | openai | PATH")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=run)
 
 
 def render(breakdown: dict[str, Any]) -> None:

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from train import metrics
 from train.augment import eval_transform
+from train.commands.evaluate import register as register  # the parser is defined without torch
 from train.data.dataset import CropDataset, collate
 from train.model import DeepfakeDetector, normalise
 
@@ -170,6 +171,27 @@ def write_frame_scores(path: Path, dataset: CropDataset, scores: Sequence[float]
             w.writerow([rec.path, rec.video_id, rec.dataset, rec.frame_index, rec.label, f"{s:.6f}"])
 
 
+def coverage(data: Path, dataset: CropDataset) -> dict[str, Any] | None:
+    """For a prepared benchmark test set (listing.json): videos scored out of the official list, and
+    why the rest were dropped, so a score is never read as covering more than it does."""
+    listing_path = dataset.manifest_path.parent / "listing.json"
+    if not listing_path.is_file():
+        return None
+    listing = json.loads(listing_path.read_text(encoding="utf-8"))
+    scored = len(set(dataset.video_ids))
+    dropped: dict[str, int] = {}
+    for m in listing.get("missing", []):
+        dropped[m.get("reason", "not_on_disk")] = dropped.get(m.get("reason", "not_on_disk"), 0) + 1
+    for reason in listing.get("dropped", {}).values():
+        dropped[reason] = dropped.get(reason, 0) + 1
+    return {
+        "benchmark": listing.get("benchmark"),
+        "videos_listed": listing.get("videos_listed"),
+        "videos_scored": scored,
+        "dropped": dropped,
+    }
+
+
 def evaluate(
     checkpoint: Path,
     data: Path,
@@ -211,6 +233,7 @@ def evaluate(
         "metric_definitions": METRIC_DEFINITIONS,
         "training": {"recipe": config.get("recipe"), "config": config, "imported": meta.get("imported")},
         "metrics": results,
+        "coverage": coverage(data, dataset),
     }
     (out / "metrics.json").write_text(json.dumps(json_safe(doc), indent=2) + "\n", encoding="utf-8")
     write_frame_scores(out / "frame_scores.csv", dataset, scores.tolist())
@@ -232,22 +255,6 @@ def evaluate(
     return doc
 
 
-def register(subparsers: Any) -> None:
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "evaluate", help="frame/video AUROC, AP, EER, accuracy per dataset; metrics.json and plots"
-    )
-    p.add_argument("--checkpoint", type=Path, required=True, help="dfmod checkpoint to evaluate")
-    p.add_argument("--data", type=Path, required=True, help="prepared folder (manifest.jsonl) or manifest file")
-    p.add_argument("--split", default="test", help="split to evaluate ('all' for every crop)")
-    p.add_argument("--out", type=Path, required=True, help="folder for metrics.json and plots")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    p.add_argument("--batch-size", type=int, default=256, help="scoring batch size")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--backbone-weights", default=None, help="backbone file when the checkpoint names a file hash")
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.set_defaults(func=run)
-
-
 def run(args: argparse.Namespace) -> int:
     split = None if args.split == ALL else args.split
     doc = evaluate(
@@ -263,5 +270,9 @@ def run(args: argparse.Namespace) -> int:
     )
     title = f"evaluate {args.checkpoint} on split {doc['split']} (threshold {doc['threshold']:.4f}"
     print_table(doc["metrics"], title + f", uncertain band ±{doc['uncertain_band']:.3f})")
+    cov = doc.get("coverage")
+    if cov and cov.get("benchmark"):
+        why = ", ".join(f"{k} {v}" for k, v in sorted(cov["dropped"].items())) or "none dropped"
+        print(f"{cov['benchmark']}: {cov['videos_scored']} of {cov['videos_listed']} listed videos scored ({why})")
     print(f"wrote {args.out / 'metrics.json'}")
     return 0

@@ -21,7 +21,9 @@ import numpy as np
 import torch
 
 from train.checkpoint import load_checkpoint
-from train.factory import ARCHES, RANDOM_INIT, create_model
+from train.commands.export import BACKENDS, DEFAULT_OPSET, DEVICES
+from train.commands.export import register as register  # the parser is defined without torch
+from train.factory import create_model
 from train.model import IMAGE_SIZE, DeepfakeDetector, ServingModel, parameter_breakdown
 from worker.core.model_config import (
     CROP_SHAPE,
@@ -36,13 +38,7 @@ from worker.core.version import PREPROCESSING_VERSION
 
 __all__ = ["MODEL_NAME", "ExportReport", "ParityError", "export_onnx", "export_repository", "render_config"]
 
-BACKENDS = ("python", "onnxruntime")
-#: --device -> Triton instance kind. KIND_AUTO puts the instances on the GPUs when Triton has them and on
-#: the CPU otherwise (ModelInstanceGroup.Kind in Triton's model_config.proto), so one export loads on the
-#: CPU-only compose/chart defaults (`triton.gpus: 0`) and on GPU nodes alike.
-DEVICES = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 TEMPLATE = Path(__file__).parent / "templates" / "python_backend_model.py"
-DEFAULT_OPSET = 18
 
 
 class ParityError(RuntimeError):
@@ -328,37 +324,6 @@ def export_repository(
         seconds=time.perf_counter() - start,
         parameters=parameters,
     )
-
-
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("export", help="export a detector to a Triton model repository (deepfake_clip)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", type=Path, help="LN-tuning checkpoint from `dfmod-train fit`")
-    src.add_argument("--arch", choices=sorted(ARCHES), help="export an untrained detector of this arch")
-    p.add_argument("--weights", default=RANDOM_INIT, help="with --arch: random-init | openai | PATH")
-    p.add_argument("--seed", type=int, default=0, help="with --arch: init seed")
-    p.add_argument("--backbone-weights", help="with --checkpoint: backbone file (or local OpenAI weights)")
-    p.add_argument("--out", type=Path, default=Path("triton_models"))
-    p.add_argument("--backend", choices=BACKENDS, default="python")
-    p.add_argument(
-        "--device", choices=sorted(DEVICES), default="auto",
-        help="Triton instance kind: auto = GPU when Triton has one, else CPU (KIND_AUTO); cpu; gpu (default: auto)",
-    )
-    p.add_argument("--tensorrt", action="store_true", help="onnxruntime backend: TensorRT accelerator on GPU")
-    p.add_argument(
-        "--execution-env", type=Path, default=None,
-        help="python backend: a conda-pack .tar.gz with numpy + onnxruntime for Triton images whose Python lacks them",
-    )
-    p.add_argument("--version", type=int, default=1)
-    p.add_argument("--max-batch", type=int, default=64)
-    p.add_argument("--max-queue-delay-us", type=int, default=2000)
-    p.add_argument("--instances", type=int, default=1)
-    p.add_argument("--tolerance", type=float, default=1e-4)
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    p.add_argument("--threshold", type=float, help="default: the checkpoint's calibrated threshold, else 0.5")
-    p.add_argument("--uncertain-band", type=float, help="default: the checkpoint's, else 0.0")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

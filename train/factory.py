@@ -7,63 +7,20 @@ stores only LayerNorms + head can rebuild the same frozen backbone.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from train import weights_cache
+from train.arches import ARCHES, OPENAI, RANDOM_INIT, ArchSpec, arch_spec
 from train.model import IMAGE_SIZE, DeepfakeDetector
 
+__all__ = ["ARCHES", "OPENAI", "RANDOM_INIT", "ArchSpec", "arch_spec", "create_model", "file_provenance", "sha256_file"]
+
 log = logging.getLogger(__name__)
-
-RANDOM_INIT = "random-init"
-OPENAI = "openai"
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """An architecture: an open_clip config name, or an inline vision config (`tiny`)."""
-
-    name: str
-    open_clip_name: str | None
-    vision_cfg: dict[str, Any] = field(default_factory=dict)
-    quick_gelu: bool = True
-    description: str = ""
-
-    def resolved_vision_cfg(self) -> dict[str, Any]:
-        if self.open_clip_name is None:
-            return dict(self.vision_cfg)
-        import open_clip
-
-        cfg = open_clip.get_model_config(self.open_clip_name)
-        if cfg is None:
-            raise ValueError(f"open_clip has no model config {self.open_clip_name!r}")
-        return dict(cfg["vision_cfg"])
-
-
-#: Supported architectures. The CLIP ones map to the QuickGELU configs because the OpenAI weights need it.
-ARCHES: dict[str, ArchSpec] = {
-    "ViT-L-14": ArchSpec("ViT-L-14", "ViT-L-14-quickgelu", description="paper backbone, D=1024"),
-    "ViT-B-16": ArchSpec("ViT-B-16", "ViT-B-16-quickgelu", description="D=768"),
-    "ViT-B-32": ArchSpec("ViT-B-32", "ViT-B-32-quickgelu", description="D=768"),
-    "tiny": ArchSpec(
-        "tiny",
-        None,
-        vision_cfg={"image_size": IMAGE_SIZE, "layers": 2, "width": 64, "head_width": 32, "patch_size": 32},
-        description="test/demo ViT: width 64, 2 layers, 2 heads, patch 32, D=64",
-    ),
-}
-
-
-def arch_spec(arch: str) -> ArchSpec:
-    try:
-        return ARCHES[arch]
-    except KeyError:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHES)}") from None
 
 
 def file_provenance(path: str | Path) -> str:
@@ -71,12 +28,7 @@ def file_provenance(path: str | Path) -> str:
     return f"sha256:{sha256_file(path)[:16]}"
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+sha256_file = weights_cache.sha256_file
 
 
 def build_visual(spec: ArchSpec) -> nn.Module:
@@ -163,12 +115,15 @@ def create_model(
     seed: int = 0,
     ln_tuning: bool = True,
     head_norm: bool = True,
+    known_sha256: str | None = None,
 ) -> DeepfakeDetector:
-    """The deepfake model (CLIP tower + head) for `arch` with weights `random-init`, `openai`, or a path to a weights file.
+    """The deepfake model (CLIP tower + head) for `arch`, weights `random-init`, `openai` or a weights file.
 
     Init is seeded (tower and head) without touching the global RNG. LN-tuning is applied by default
     because it is the method; pass `ln_tuning=False` to leave everything trainable. `head_norm=False`
-    feeds the raw CLS feature to the head (GenD's "linear" head; see `train.model`).
+    feeds the raw CLS feature to the head (GenD's "linear" head; see `train.model`). The backbone file is
+    stored in `train.weights_cache` and its hash kept in `detector.backbone_sha256`; `known_sha256` (a
+    file already read from the cache) spares hashing it again.
     """
     spec = arch_spec(arch)
     with torch.random.fork_rng(devices=[]):
@@ -177,20 +132,25 @@ def create_model(
         ln_post = visual.ln_post
         assert isinstance(ln_post, nn.LayerNorm)
         feature_dim = int(ln_post.normalized_shape[0])
+        backbone_sha256: str | None = None
         if weights == RANDOM_INIT:
             provenance = RANDOM_INIT
-        elif weights == OPENAI:
-            load_visual_weights(visual, _openai_weights_file(spec))
+        elif weights == OPENAI:  # fetched once, then read from the content-addressed cache (offline)
+            name = f"{spec.open_clip_name}-{OPENAI}"
+            file, backbone_sha256 = weights_cache.named(name, lambda: _openai_weights_file(spec))
+            load_visual_weights(visual, file)
             provenance = OPENAI
         else:
             path = Path(weights)
             if not path.is_file():
                 raise FileNotFoundError(f"weights must be 'random-init', 'openai' or a file, not {weights!r}")
+            backbone_sha256 = weights_cache.add(path, known_sha256)
             load_visual_weights(visual, path)
-            provenance = file_provenance(path)
+            provenance = f"sha256:{backbone_sha256[:16]}"  # = file_provenance(path)
         detector = DeepfakeDetector(
             visual, feature_dim, arch=arch, weights=provenance, init_seed=seed, head_norm=head_norm
         )
+    detector.backbone_sha256 = backbone_sha256
     if ln_tuning:
         detector.apply_ln_tuning()
     return detector.to(device)

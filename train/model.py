@@ -66,6 +66,7 @@ class DeepfakeDetector(nn.Module):
         #: The import record (`train.released`) when the weights came from a released detector; its
         #: backbone cannot be rebuilt from `arch` + `weights`, so checkpoints then carry every tensor.
         self.imported: dict[str, Any] | None = None
+        self.backbone_sha256: str | None = None  # content hash of the backbone file (train.weights_cache)
 
     @property
     def weights_sha256(self) -> str:
@@ -147,9 +148,7 @@ def _group_of(name: str) -> str:
 def parameter_breakdown(detector: DeepfakeDetector) -> dict[str, Any]:
     """Counts per group and trainable/frozen split, JSON-able (used by `describe` and reports)."""
     ln_param_names = {
-        f"{mod_name}.{p_name}"
-        for mod_name, ln in layernorms(detector.visual)
-        for p_name, _ in ln.named_parameters()
+        f"{mod_name}.{p_name}" for mod_name, ln in layernorms(detector.visual) for p_name, _ in ln.named_parameters()
     }
     groups: dict[str, int] = {"layernorm": 0, "attention": 0, "mlp": 0, "embeddings": 0, "head": 0}
     trainable_groups: dict[str, int] = {}

@@ -32,7 +32,8 @@ CHART_OWNED: frozenset[str] = frozenset({
     "kafka.retry_topic", "kafka.group_id", "kafka.group_instance_id", "kafka.security_protocol",
     "kafka.sasl_mechanism", "kafka.sasl_username",
     "kafka.ssl_cafile", "kafka.ssl_certfile", "kafka.ssl_keyfile",
-    "cache.enabled", "cache.url",
+    "cache.enabled", "cache.url", "cache.username", "cache.tls_ca_file", "cache.tls_cert_file", "cache.tls_key_file",
+    "triton.tls", "triton.tls_ca_file", "triton.tls_cert_file", "triton.tls_key_file",
     "triton.url",
     "faces.weights_dir",
     "http_host", "http_port",
@@ -105,6 +106,15 @@ def pod_placement() -> dict[str, Schema]:
     }
 
 
+def tls_files() -> Schema:
+    key = {"type": "string", "pattern": "^[-._a-zA-Z0-9]*$"}
+    return obj({"existingSecret": SECRET_NAME, "caKey": key, "certKey": key, "keyKey": key})
+
+
+def service_account() -> Schema:
+    return obj({"create": BOOL, "name": STRING, "annotations": STRING_MAP, "automountToken": BOOL})
+
+
 def pdb() -> Schema:
     return obj({"enabled": BOOL, "maxUnavailable": INT_OR_PERCENT}, ("enabled", "maxUnavailable"))
 
@@ -160,6 +170,7 @@ def values_schema() -> Schema:
         "extraVolumes": K8S_LIST,
         "extraVolumeMounts": K8S_LIST,
         "service": obj({"annotations": STRING_MAP}),
+        "serviceAccount": service_account(),
         "pdb": pdb(),
         "autoscaling": obj({
             "type": enum("none", "hpa", "keda"),
@@ -172,6 +183,7 @@ def values_schema() -> Schema:
                 "pollingInterval": integer(1),
                 "cooldownPeriod": integer(0),
                 "limitToPartitionsWithLag": BOOL,
+                "fallback": obj({"failureThreshold": integer(1), "replicas": integer(1)}),
             }),
             "scaleDownStabilizationSeconds": integer(0, 3600),
         }, ("type", "minReplicas", "maxReplicas")),
@@ -179,7 +191,8 @@ def values_schema() -> Schema:
 
     triton = obj({
         "enabled": BOOL,
-        "externalUrl": {"type": "string", "pattern": "^([^/:]+:[0-9]+)?$"},
+        "externalUrl": {"type": "string", "pattern": "^((dns:///)?[^/:]+:[0-9]+)?$"},
+        "tls": obj({"enabled": BOOL, "serverSecret": SECRET_NAME, **tls_files()["properties"]}),
         "image": image(),
         "replicas": integer(0),
         "gpus": integer(0),
@@ -208,12 +221,18 @@ def values_schema() -> Schema:
         "models": {"type": "array", "items": {"type": "string", "minLength": 1}},
         "pollSeconds": integer(1),
         "shmSize": QUANTITY,
+        "tmpSizeLimit": QUANTITY,
         "startupSeconds": integer(10),
+        "scheduleSeconds": integer(0),
         "extraArgs": {"type": "array", "items": {"type": "string", "pattern": "^--"}},
         "extraEnv": K8S_LIST,
         **pod_placement(),
         "terminationGracePeriodSeconds": integer(0),
-        "strategy": K8S_OBJECT,
+        "strategy": obj({
+            "type": enum("RollingUpdate", "Recreate"),
+            "rollingUpdate": obj({"maxSurge": INT_OR_PERCENT, "maxUnavailable": INT_OR_PERCENT}),
+        }, ("type",)),
+        "serviceAccount": service_account(),
         "service": obj({"type": enum("ClusterIP", "NodePort", "LoadBalancer"), "annotations": STRING_MAP}),
         "pdb": pdb(),
     }, ("enabled",))
@@ -229,9 +248,7 @@ def values_schema() -> Schema:
             "fullnameOverride": STRING,
             "commonLabels": STRING_MAP,
             "imagePullSecrets": K8S_LIST,
-            "serviceAccount": obj({
-                "create": BOOL, "name": STRING, "annotations": STRING_MAP, "automountToken": BOOL,
-            }),
+            "rolloutOnSecretChange": BOOL,
             "kafka": obj({
                 "bootstrapServers": {"type": "string", "minLength": 1},
                 "topics": obj({t: {"type": "string", "pattern": "^[a-zA-Z0-9._-]+$"}
@@ -258,6 +275,8 @@ def values_schema() -> Schema:
                 "url": {"type": "string", "pattern": "^rediss?://"},
                 **secret_ref,
                 "passwordKey": SECRET_KEY,
+                "username": STRING,
+                "tls": tls_files(),
             }, ("enabled", "url")),
             "worker": worker,
             "triton": triton,

@@ -83,6 +83,41 @@ resolve_all_ports() {
 
 # The env file tells what the stack dir remembers (the services' scripts may have corrected a port),
 # so the remembered value wins over the variable here; a port never chosen yet is chosen now.
+# --- secured mode (DFMOD_STACK_TLS=1) ---------------------------------------------------------------------
+# Redis with TLS and an ACL user, Triton with gRPC TLS. The certificates come from a throwaway CA made at
+# the first secured start, in $STACK_DIR/tls (never committed): server certificate for 127.0.0.1/localhost,
+# a client certificate for mutual TLS, and the Redis user's random password.
+TLS_DIR="$STACK_DIR/tls"
+STACK_TLS="${DFMOD_STACK_TLS:-0}"
+if [[ "$STACK_TLS" == 0 && -e "$STACK_DIR/tls/enabled" ]]; then STACK_TLS=1; fi  # the stack dir remembers
+REDIS_USER=dfmod
+
+ensure_tls_material() {
+    [[ "$STACK_TLS" == 1 ]] || return 0
+    if [[ -s "$TLS_DIR/server.crt" && -s "$TLS_DIR/client.crt" && -s "$TLS_DIR/redis-password" ]]; then
+        : >"$TLS_DIR/enabled"
+        return 0
+    fi
+    command -v openssl >/dev/null || die "openssl missing (apt-get install openssl)"
+    mkdir -p "$TLS_DIR" && chmod 700 "$TLS_DIR"
+    local d="$TLS_DIR" name usage
+    timeout 60 openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=dfmod local stack CA" \
+        -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null || die "openssl: CA"
+    for name in server client; do
+        usage=clientAuth
+        [[ $name == server ]] && usage=serverAuth
+        timeout 60 openssl req -newkey rsa:2048 -nodes -subj "/CN=dfmod-$name" \
+            -keyout "$d/$name.key" -out "$d/$name.csr" 2>/dev/null || die "openssl: $name key"
+        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=%s\n' "$usage" >"$d/$name.ext"
+        timeout 60 openssl x509 -req -in "$d/$name.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+            -days 30 -extfile "$d/$name.ext" -out "$d/$name.crt" 2>/dev/null || die "openssl: $name certificate"
+    done
+    timeout 10 openssl rand -hex 24 >"$d/redis-password"
+    chmod 600 "$d"/*.key "$d/redis-password"
+    : >"$d/enabled"
+    log "secured mode: a throwaway CA and certificates in $d"
+}
+
 write_env_file() {
     local name
     for name in KAFKA_PORT KAFKA_CONTROLLER_PORT REDIS_PORT TRITON_HTTP_PORT TRITON_GRPC_PORT TRITON_METRICS_PORT; do
@@ -92,13 +127,14 @@ write_env_file() {
             printf -v "$name" '%s' "$(resolve_port "$name")"
         fi
     done
-    local tmp="$STACK_DIR/env.tmp.$$"
+    local tmp="$STACK_DIR/env.tmp.$$" cache_scheme=redis
+    [[ "$STACK_TLS" == 1 ]] && cache_scheme=rediss
     cat >"$tmp" <<EOF
 # Written by deploy/local/stack.sh; the worker's connection settings for this stack.
 # Use: set -a; . $STACK_DIR/env; set +a
 DFMOD_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT
 DFMOD_KAFKA__MAX_MESSAGE_BYTES=16777216
-DFMOD_CACHE__URL=redis://127.0.0.1:$REDIS_PORT/0
+DFMOD_CACHE__URL=$cache_scheme://127.0.0.1:$REDIS_PORT/0
 DFMOD_TRITON__URL=127.0.0.1:$TRITON_GRPC_PORT
 TRITON_HTTP_URL=http://127.0.0.1:$TRITON_HTTP_PORT
 DFMOD_STACK_DIR=$STACK_DIR
@@ -109,6 +145,18 @@ TRITON_HTTP_PORT=$TRITON_HTTP_PORT
 TRITON_GRPC_PORT=$TRITON_GRPC_PORT
 TRITON_METRICS_PORT=$TRITON_METRICS_PORT
 EOF
+    if [[ "$STACK_TLS" == 1 && -s "$TLS_DIR/redis-password" ]]; then
+        cat >>"$tmp" <<EOF
+# Secured mode (DFMOD_STACK_TLS=1): Redis over TLS as ACL user $REDIS_USER, Triton gRPC over TLS.
+DFMOD_CACHE__USERNAME=$REDIS_USER
+DFMOD_CACHE__PASSWORD=$(<"$TLS_DIR/redis-password")
+DFMOD_CACHE__TLS_CA_FILE=$TLS_DIR/ca.crt
+DFMOD_TRITON__TLS=true
+DFMOD_TRITON__TLS_CA_FILE=$TLS_DIR/ca.crt
+DFMOD_STACK_TLS_DIR=$TLS_DIR
+EOF
+    fi
+    chmod 600 "$tmp"
     mv -f "$tmp" "$STACK_DIR/env"
 }
 

@@ -35,6 +35,7 @@ cmd_up() {
     names=("${PICKED[@]}")
     take_lock
     resolve_all_ports
+    ensure_tls_material  # once, before the services start in parallel (secured mode only)
     local name rc=0 i t0=$SECONDS
     for name in "${names[@]}"; do
         (set -o pipefail; "$LOCAL_DIR/$name.sh" up 2>&1 | sed -u "s/^\([^[]\)/[$name] \1/" >&2) &

@@ -74,7 +74,7 @@ triton_up() {
     dir="$(svc_dir triton)"
     MODEL_REPO="$(resolve_model_repository)"
     if pid="$(svc_pid triton)"; then
-        svc_check_config triton "$(svc_config TRITON_HTTP_PORT TRITON_GRPC_PORT TRITON_METRICS_PORT MODEL_REPO)"
+        svc_check_config triton "$(svc_config TRITON_HTTP_PORT TRITON_GRPC_PORT TRITON_METRICS_PORT MODEL_REPO STACK_TLS)"
         if ! triton_answers; then
             log "pid $pid alive but not ready yet: waiting"
             svc_wait_ready triton "${TRITON_START_TIMEOUT:-180}" "200 from /v2/health/ready" triton_answers
@@ -106,6 +106,12 @@ triton_up() {
     # interpreter locates its prefix (and thus the venv's site-packages) through the `python3` on PATH;
     # PYTHONPATH names site-packages explicitly so numpy/onnxruntime import even where that lookup differs.
     local ld="$libdir:$purelib/nvidia_pytriton.libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    local -a tls=()
+    if [[ "$STACK_TLS" == 1 ]]; then  # gRPC over TLS (the HTTP port stays plaintext on 127.0.0.1 for probes)
+        ensure_tls_material
+        tls=(--grpc-use-ssl=true --grpc-server-cert="$TLS_DIR/server.crt" --grpc-server-key="$TLS_DIR/server.key"
+             --grpc-root-cert="$TLS_DIR/ca.crt")
+    fi
     # shellcheck disable=SC2086
     svc_launch triton env LD_LIBRARY_PATH="$ld" PATH="$TRITON_VENV/bin:$PATH" PYTHONPATH="$purelib" \
         PYTHONNOUSERSITE=1 \
@@ -116,9 +122,9 @@ triton_up() {
         --http-address=127.0.0.1 --http-port="$TRITON_HTTP_PORT" \
         --grpc-address=127.0.0.1 --grpc-port="$TRITON_GRPC_PORT" \
         --metrics-address=127.0.0.1 --metrics-port="$TRITON_METRICS_PORT" \
-        --exit-timeout-secs=10 --log-verbose=0 \
+        --exit-timeout-secs=10 --log-verbose=0 "${tls[@]}" \
         ${TRITON_EXTRA_ARGS:-}
-    svc_record_config triton "$(svc_config TRITON_HTTP_PORT TRITON_GRPC_PORT TRITON_METRICS_PORT MODEL_REPO)"
+    svc_record_config triton "$(svc_config TRITON_HTTP_PORT TRITON_GRPC_PORT TRITON_METRICS_PORT MODEL_REPO STACK_TLS)"
     svc_wait_ready triton "${TRITON_START_TIMEOUT:-180}" "200 from /v2/health/ready" triton_answers
     log "up in $((SECONDS - t0))s: pid $LAUNCHED_PID, grpc 127.0.0.1:$TRITON_GRPC_PORT, models from $MODEL_REPO"
 }

@@ -211,7 +211,8 @@ def test_values_yaml_settings_match_worker_defaults() -> None:
 def test_default_renders_hpa_and_no_optional_crds(default: list[Manifest]) -> None:
     assert kinds(default) == sorted([
         ("Deployment", WORKER), ("Deployment", TRITON), ("Service", WORKER), ("Service", TRITON),
-        ("ServiceAccount", RELEASE), ("PodDisruptionBudget", WORKER), ("PodDisruptionBudget", TRITON),
+        ("Service", f"{TRITON}-pods"), ("ServiceAccount", WORKER), ("ServiceAccount", TRITON),
+        ("PodDisruptionBudget", WORKER), ("PodDisruptionBudget", TRITON),
         ("HorizontalPodAutoscaler", WORKER),
     ])
     assert "replicas" not in one(default, "Deployment", WORKER)["spec"], "the HPA owns the replica count"
@@ -220,7 +221,8 @@ def test_default_renders_hpa_and_no_optional_crds(default: list[Manifest]) -> No
 def test_production_renders_keda_monitoring_and_policies(production: list[Manifest]) -> None:
     assert kinds(production) == sorted([
         ("Deployment", WORKER), ("Deployment", TRITON), ("Service", WORKER), ("Service", TRITON),
-        ("ServiceAccount", RELEASE), ("PodDisruptionBudget", WORKER), ("PodDisruptionBudget", TRITON),
+        ("Service", f"{TRITON}-pods"), ("ServiceAccount", WORKER), ("ServiceAccount", TRITON),
+        ("PodDisruptionBudget", WORKER), ("PodDisruptionBudget", TRITON),
         ("ScaledObject", WORKER), ("TriggerAuthentication", f"{WORKER}-kafka"),
         ("ServiceMonitor", WORKER), ("ServiceMonitor", TRITON), ("PrometheusRule", RELEASE),
         ("ConfigMap", f"{RELEASE}-dashboard"), ("NetworkPolicy", WORKER), ("NetworkPolicy", TRITON),
@@ -285,7 +287,7 @@ def test_triton_requests_gpus_only_in_production(default: list[Manifest], produc
     assert prod["resources"]["requests"]["nvidia.com/gpu"] == 1
     assert prod["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert "--model-repository=s3://dfmod-models/triton_models" in prod["args"]
-    assert "--model-control-mode=explicit" in prod["args"] and "--load-model=deepfake_clip" in prod["args"]
+    assert "--model-control-mode=none" in prod["args"] and not any("--load-model" in a for a in prod["args"])
     assert prod["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert prod["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     pod = one(production, "Deployment", TRITON)["spec"]["template"]["spec"]
@@ -340,7 +342,7 @@ def test_default_env_parses_into_worker_settings(default: list[Manifest], monkey
     assert settings.kafka.group_id == "dfmod-worker"
     assert settings.kafka.retry_topic == "media.events.retry"
     assert settings.kafka.group_instance_id is None, "static membership is opt-in"
-    assert settings.triton.url == f"{TRITON}:8001"
+    assert settings.triton.url == f"dns:///{TRITON}-pods:8001" and settings.triton.load_balancing == "round_robin"
     assert settings.cache.url == "redis://redis:6379/0" and settings.cache.password is None
     assert settings.http_port == 9100
 

@@ -59,13 +59,20 @@ def annotation_targets(manifests: list[Manifest]) -> list[dict[str, str]]:
     return targets
 
 
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions) applied to `labels`."""
+    tests = {"In": lambda k, vs: labels.get(k) in vs, "NotIn": lambda k, vs: labels.get(k) not in vs,
+             "Exists": lambda k, _vs: k in labels, "DoesNotExist": lambda k, _vs: k not in labels}
+    return (selector.get("matchLabels", {}).items() <= labels.items() and
+            all(tests[e["operator"]](e["key"], e.get("values", [])) for e in selector.get("matchExpressions", [])))
+
+
 def service_monitor_targets(manifests: list[Manifest]) -> list[dict[str, str]]:
     targets = []
     services = [m for m in manifests if m["kind"] == "Service"]
     deployments = [m for m in manifests if m["kind"] == "Deployment"]
     for sm in (m for m in manifests if m["kind"] == "ServiceMonitor"):
-        wanted = sm["spec"]["selector"]["matchLabels"]
-        for svc in (s for s in services if wanted.items() <= s["metadata"]["labels"].items()):
+        for svc in (s for s in services if selects(sm["spec"]["selector"], s["metadata"]["labels"])):
             pods = [d["spec"]["template"]["metadata"]["labels"] for d in deployments
                     if svc["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()]
             assert pods, f"Service {svc['metadata']['name']} selects no pods"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from train.factory import create_model
@@ -13,7 +14,10 @@ from worker.infer.base import infer_blocking
 from worker.infer.triton import TritonBackend
 
 
-def test_triton_matches_pytorch_and_carries_the_model_parameters(conn: dict[str, str]) -> None:
+@pytest.mark.parametrize(("scheme", "balancing"), [("", "pick_first"), ("dns:///", "round_robin")],
+                         ids=["one-connection", "round-robin"])
+def test_triton_matches_pytorch_and_carries_the_model_parameters(conn: dict[str, str], scheme: str,
+                                                                 balancing: str) -> None:
     # The session's model repository was written by `dfmod-train export --arch tiny --weights random-init`
     # (seed 0): rebuilding the same detector here gives the reference answers.
     serving = ServingModel(create_model("tiny", "random-init", seed=0)).eval()
@@ -22,7 +26,9 @@ def test_triton_matches_pytorch_and_carries_the_model_parameters(conn: dict[str,
     with torch.no_grad():
         ref_prob, ref_emb = (t.numpy() for t in serving(torch.from_numpy(faces)))
 
-    backend = TritonBackend(TritonSettings(url=conn["DFMOD_TRITON__URL"]))
+    # round-robin: the chart's way (a name resolved to every Triton pod, channel options of our own)
+    settings = TritonSettings(url=scheme + conn["DFMOD_TRITON__URL"], load_balancing=balancing)  # type: ignore[arg-type]
+    backend = TritonBackend(settings)
     try:
         backend.wait_ready(60)
         info = backend.model_info()

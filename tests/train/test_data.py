@@ -59,7 +59,7 @@ def test_manifest_roundtrip_and_validation(tmp_path: Path) -> None:
 def make_ffpp(root: Path) -> None:
     for vid in ("000", "003", "001", "002", "004"):
         touch(root / "original_sequences/youtube/c23/videos" / f"{vid}.mp4")
-    for method in ("Deepfakes", "FaceSwap"):
+    for method in ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"):  # the paper's four
         for pair in ("000_003", "003_000", "001_002", "002_001"):
             touch(root / "manipulated_sequences" / method / "c23/videos" / f"{pair}.mp4")
     touch(root / "manipulated_sequences/Deepfakes/c40/videos/000_003.mp4")  # other compression: ignored
@@ -68,7 +68,7 @@ def make_ffpp(root: Path) -> None:
 def test_read_ffpp_labels_ids_groups(tmp_path: Path) -> None:
     make_ffpp(tmp_path)
     items = read_ffpp(tmp_path)
-    assert len(items) == 5 + 2 * 4
+    assert len(items) == 5 + 4 * 4
     real = [i for i in items if i.label == 0]
     assert {i.dataset for i in real} == {"FF-real"} and len(real) == 5
     fake = {i.video_id: i for i in items if i.label == 1}
@@ -225,8 +225,6 @@ def test_train_transform_deterministic_per_seed_epoch_index() -> None:
 # -- prepare: the worker's face pipeline, byte-for-byte ------------------------------------------------
 
 
-
-
 def write_video(path: Path, rgb: np.ndarray, n_frames: int = 10) -> None:
     """A short h264 clip panning over the still (a real face that moves)."""
     with av.open(str(path), "w", format="mp4") as container:
@@ -256,7 +254,7 @@ def test_prepare_crops_are_the_workers_crops(media_folder: Path, shared_dir: Pat
     from train.cli import main
     from train.data.prepare import decode_settings, face_settings, select_faces
     from worker.faces.extract import extract_faces
-    from worker.faces.factory import create_model
+    from worker.faces.factory import create_detector
     from worker.media.decode import decode_media
 
     out = tmp_path / "prepared"
@@ -295,7 +293,7 @@ def test_prepare_crops_are_the_workers_crops(media_folder: Path, shared_dir: Pat
 
     # the same media through the worker's functions directly: identical pixels, same frames
     fs = face_settings("yunet", weights)
-    detector = create_model(fs)
+    detector = create_detector(fs)
     for vid, media in (("real/astronaut", "real/astronaut.png"), ("fake/clip", "fake/clip.mp4")):
         decoded = decode_media((media_folder / media).read_bytes(), decode_settings(4))
         direct = select_faces(extract_faces(decoded.frames, detector, fs), 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -176,7 +177,7 @@ def test_checkpoint_round_trip_is_exact_and_small(tmp_path: Path) -> None:
     assert loaded.weights == "random-init"
 
 
-def test_checkpoint_on_a_backbone_file_needs_that_file(tmp_path: Path) -> None:
+def test_checkpoint_on_a_backbone_file_needs_that_file(tmp_path: Path, weights_cache_dir: Path) -> None:
     source = create_model("tiny", seed=5)
     backbone = tmp_path / "backbone.pt"
     torch.save({"state_dict": {f"visual.{k}": v for k, v in source.visual.state_dict().items()}}, backbone)
@@ -189,6 +190,8 @@ def test_checkpoint_on_a_backbone_file_needs_that_file(tmp_path: Path) -> None:
     _perturb_trainables(detector)
     ck = tmp_path / "ck.pt"
     save_checkpoint(ck, detector, {})
+    load_checkpoint(ck)  # the backbone file was cached when the model was built (train.weights_cache)
+    shutil.rmtree(weights_cache_dir / "sha256")  # read-only files in a writable folder: removable
     with pytest.raises(ValueError, match="backbone_weights"):
         load_checkpoint(ck)
     other = tmp_path / "other.pt"

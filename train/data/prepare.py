@@ -3,7 +3,13 @@
 Decoding, detection and alignment are the worker's functions (`decode_media`, `create_detector`,
 `extract_faces`), called with the same settings types, so a training crop is byte-for-byte the crop the
 worker sends to the model. Crops are PNG (lossless). Media with no face (or that fail to decode) are listed
-in ``no_face.jsonl`` and a printed table instead of silently vanishing.
+in ``no_face.jsonl`` and a printed table instead of silently vanishing; videos an official list names but
+the disk lacks are listed in ``listing.json`` (with the counts and the ``preprocessing_id``, the hash of
+every setting that changes a crop, which keys the benchmark's score cache).
+
+FF++ is split by its official pair lists (``--ffpp-splits``); a random split must be asked for
+(``--random-split``), because a random split is not the paper's protocol. The benchmark layouts
+(`train.data.benchmarks`) put every listed video in ``test``.
 
 Decision: by default only the largest face of each frame is kept (``--faces-per-frame 1``), because a
 fake video's label belongs to its manipulated (main) face; serving scores every face and takes the max.
@@ -15,7 +21,7 @@ import argparse
 import hashlib
 import json
 import multiprocessing
-import os
+import platform
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -25,17 +31,21 @@ from typing import Any
 import cv2
 from tqdm import tqdm
 
+from train.commands.prepare import register as register  # the parser is defined without torch
+from train.data.benchmarks import READERS, Listing, read_listing
 from train.data.manifest import CropRecord, write_manifest
-from train.data.readers import FORMATS, MediaItem, read_source
+from train.data.readers import FFPP_METHODS, MediaItem, detect_format
 from train.data.splits import assign_splits
 from worker.core.errors import MediaError
 from worker.core.settings import DecodeSettings, FaceSettings, WorkerSettings
 from worker.core.types import FaceCrop, FaceDetector
+from worker.core.version import PREPROCESSING_VERSION
 from worker.faces.extract import drain, extract_faces
 from worker.faces.factory import create_detector
 from worker.media.decode import decode_media
 
 NO_FACE_NAME = "no_face.jsonl"
+LISTING_NAME = "listing.json"
 CROPS_DIR = "crops"
 
 
@@ -53,6 +63,8 @@ class PrepareConfig:
     seed: int = 42
     ffpp_splits: Path | None = None
     workers: int = 0
+    ffpp_methods: tuple[str, ...] = FFPP_METHODS
+    random_split: bool = False
 
 
 @dataclass
@@ -141,9 +153,10 @@ class MediaProcessor:
         for face in faces:
             k = seen.get(face.frame_index, 0)
             seen[face.frame_index] = k + 1
-            rel = crop_relpath(item, face.frame_index, k)
+            frame = face.frame_index if item.frame is None else item.frame
+            rel = crop_relpath(item, frame, k)
             write_png(self.out / rel, face.crop)
-            result.crops.append((rel, face.frame_index))
+            result.crops.append((rel, frame))
         return result
 
 
@@ -193,15 +206,41 @@ class PrepareReport:
     crops: int
     no_face: list[MediaResult]
     per_split: dict[str, int]
+    listing: Listing | None = None
+
+
+def preprocessing_id(cfg: PrepareConfig) -> str:
+    """Short hash of every setting that changes a crop: same id, same crops (the score cache's key)."""
+    faces = face_settings(cfg.detector, cfg.weights_dir).model_dump(mode="json")
+    faces.pop("weights_dir", None)
+    doc = {
+        "preprocessing_version": PREPROCESSING_VERSION,
+        "decode": decode_settings(cfg.frames).model_dump(mode="json"),
+        "faces": faces,
+        "faces_per_frame": cfg.faces_per_frame,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def read_items(cfg: PrepareConfig) -> Listing:
+    """The source's items with their splits; FF++ without its official lists is refused unless asked."""
+    fmt = cfg.fmt or (None if cfg.source.is_file() else detect_format(cfg.source))
+    if fmt == "ffpp" and cfg.ffpp_splits is None and not cfg.random_split:
+        raise ValueError(
+            "FF++ is split by its official lists: pass --ffpp-splits DIR (train.json, val.json, test.json "
+            "from github.com/ondyari/FaceForensics dataset/splits), or --random-split for a random video split"
+        )
+    listing = read_listing(cfg.source, fmt, cfg.ffpp_splits, cfg.ffpp_methods)
+    listing.items = assign_splits(listing.items, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    return listing
 
 
 def prepare(cfg: PrepareConfig) -> PrepareReport:
     """Run the whole preparation; the returned report is what the CLI prints."""
     if not cfg.source.exists():
         raise FileNotFoundError(f"{cfg.source}: no such file or folder")
-    items = assign_splits(
-        read_source(cfg.source, cfg.fmt, cfg.ffpp_splits), cfg.val_fraction, cfg.test_fraction, cfg.seed
-    )
+    listing = read_items(cfg)
+    items = listing.items
     if not items:
         raise ValueError(f"{cfg.source}: no media found")
     # Build the face detector once here, so missing detector weights fail before anything is written.
@@ -227,8 +266,39 @@ def prepare(cfg: PrepareConfig) -> PrepareReport:
                 "reason": res.reason,
             }
             fh.write(json.dumps(row) + "\n")
+    write_listing(cfg, listing, failed, {r.video_id for r in records})
     per_split = {s: sum(1 for r in records if r.split == s) for s in ("train", "val", "test")}
-    return PrepareReport(manifest, len(items), len(records), failed, per_split)
+    return PrepareReport(manifest, len(items), len(records), failed, per_split, listing)
+
+
+def write_listing(cfg: PrepareConfig, listing: Listing, failed: list[MediaResult], scored: set[str]) -> Path:
+    """listing.json: what the list named, what was on disk, what was missing, and the preprocessing id."""
+    videos = {it.video_id: it.label for it in listing.items}
+    dropped: dict[str, str] = {}
+    for res in failed:  # a still of a multi-frame video only drops the video if every still failed
+        dropped.setdefault(res.item.video_id, str(res.reason).split(":")[0])
+    for vid in scored:
+        dropped.pop(vid, None)
+    doc = {
+        "format": listing.dataset,
+        "benchmark": listing.dataset if listing.dataset in READERS else None,
+        "source": str(cfg.source),
+        "list_file": listing.list_file,
+        "videos_listed": len(videos) + len(listing.missing),
+        "videos_on_disk": len(videos),
+        "missing": [vars(m) for m in listing.missing],
+        "dropped": dropped,
+        "labels": videos,
+        "preprocessing_id": preprocessing_id(cfg),
+        "preprocessing_version": PREPROCESSING_VERSION,
+        "frames": cfg.frames,
+        "detector": cfg.detector,
+        "faces_per_frame": cfg.faces_per_frame,
+        "python": platform.python_version(),
+    }
+    path = cfg.out / LISTING_NAME
+    path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return path
 
 
 def print_report(report: PrepareReport) -> None:
@@ -253,26 +323,14 @@ def print_report(report: PrepareReport) -> None:
         for res in report.no_face:
             table.add_row(res.item.video_id, res.item.dataset, str(res.frames_sampled), str(res.reason))
         console.print(table)
+    if report.listing is not None and report.listing.missing:
+        table = Table(title=f"listed but not on disk ({LISTING_NAME})")
+        for col in ("video_id", "label", "path", "reason"):
+            table.add_column(col)
+        for m in report.listing.missing:
+            table.add_row(m.video_id, str(m.label), m.path, m.reason)
+        console.print(table)
     console.print(f"manifest: {report.manifest}")
-
-
-def register(subparsers: Any) -> None:
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "prepare", help="decode media, detect and align faces (worker pipeline), write crops + manifest"
-    )
-    p.add_argument("source", type=Path, help="FF++ root, a media manifest (CSV/JSONL) or a real/ fake/ folder")
-    p.add_argument("--out", type=Path, required=True, help="output folder (crops/, manifest.jsonl)")
-    p.add_argument("--format", dest="fmt", choices=FORMATS, default=None, help="source layout (guessed if unset)")
-    p.add_argument("--frames", type=int, default=32, help="frames sampled evenly per video")
-    p.add_argument("--detector", choices=("yunet", "scrfd", "haar"), default="yunet")
-    p.add_argument("--weights-dir", type=Path, default=None, help="face-detector weights folder")
-    p.add_argument("--faces-per-frame", type=int, default=1, help="largest N faces per frame (0 = all)")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--test-fraction", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=42, help="seed of the video-level split")
-    p.add_argument("--ffpp-splits", type=Path, default=None, help="folder with FF++ train/val/test.json")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes (0 = inline)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -289,6 +347,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         ffpp_splits=args.ffpp_splits,
         workers=args.workers,
+        ffpp_methods=tuple(m.strip() for m in args.ffpp_methods.split(",") if m.strip()),
+        random_split=args.random_split,
     )
     report = prepare(cfg)
     print_report(report)

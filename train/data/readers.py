@@ -35,6 +35,7 @@ class MediaItem:
     dataset: str
     group: str  # split unit (see module docstring)
     split: str | None = None  # preset split (official FF++ split, or a manifest column)
+    frame: int | None = None  # a still that is one frame of a video (DeepfakeBench JSON): its frame number
 
 
 def parse_label(value: object) -> int:
@@ -47,7 +48,7 @@ def parse_label(value: object) -> int:
     raise ValueError(f"label must be 0/1 or real/fake, got {value!r}")
 
 
-def _media_files(root: Path) -> list[Path]:
+def media_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES)
 
 
@@ -68,19 +69,29 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def read_ffpp(root: str | Path, compression: str = "c23", split_dir: str | Path | None = None) -> list[MediaItem]:
-    """FaceForensics++ videos. With `split_dir` (holding the official train/val/test.json pair lists),
-    every item gets its official split."""
+#: The paper's training methods: FF++ without DeepFakeDetection (DFD, a test set) and FaceShifter, as
+#: DeepfakeBench's FaceForensics++ set (preprocessing/rearrange.py:216-220 deletes DFD_fake, DFD_real, FF-FH).
+FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
+
+
+def read_ffpp(
+    root: str | Path,
+    compression: str = "c23",
+    split_dir: str | Path | None = None,
+    methods: tuple[str, ...] = FFPP_METHODS,
+) -> list[MediaItem]:
+    """FaceForensics++ videos of `methods` (the paper's four by default). With `split_dir` (holding the
+    official train/val/test.json pair lists), every item gets its official split."""
     root = Path(root)
     entries: list[tuple[Path, int, str, str]] = []  # path, label, dataset, stem
     real_dir = root / "original_sequences" / "youtube" / compression / "videos"
-    entries += [(p, 0, "FF-real", p.stem) for p in _media_files(real_dir)] if real_dir.is_dir() else []
+    entries += [(p, 0, "FF-real", p.stem) for p in media_files(real_dir)] if real_dir.is_dir() else []
     manip = root / "manipulated_sequences"
-    if manip.is_dir():
-        for method_dir in sorted(d for d in manip.iterdir() if d.is_dir()):
-            vdir = method_dir / compression / "videos"
-            if vdir.is_dir():
-                entries += [(p, 1, f"FF-{method_dir.name}", p.stem) for p in _media_files(vdir)]
+    for method in methods:
+        vdir = manip / method / compression / "videos"
+        if not vdir.is_dir():
+            raise FileNotFoundError(f"{vdir}: no such folder (FF++ method {method!r}, {compression})")
+        entries += [(p, 1, f"FF-{method}", p.stem) for p in media_files(vdir)]
     if not entries:
         raise FileNotFoundError(f"no FaceForensics++ {compression} videos under {root}")
 
@@ -99,6 +110,27 @@ def read_ffpp(root: str | Path, compression: str = "c23", split_dir: str | Path 
                 raise ValueError(f"{path}: video {stem!r} is in none of the official split files")
         items.append(MediaItem(path, label, f"{dataset}/{stem}", dataset, f"ffpp:{groups.find(stem)}", split))
     return items
+
+
+def ffpp_expected(
+    root: str | Path, split_dir: str | Path, compression: str = "c23", methods: tuple[str, ...] = FFPP_METHODS
+) -> list[tuple[str, int, Path]]:
+    """(video id, label, path) of every video the official pair lists imply: both originals of each pair
+    and, per method, both directions ``a_b`` and ``b_a`` (rearrange.py:109-123 maps all four names)."""
+    root = Path(root)
+    out: list[tuple[str, int, Path]] = []
+    for split in ("train", "val", "test"):
+        for a, b in json.loads((Path(split_dir) / f"{split}.json").read_text(encoding="utf-8")):
+            for v in (str(a), str(b)):
+                out.append(
+                    (f"FF-real/{v}", 0, root / "original_sequences/youtube" / compression / "videos" / f"{v}.mp4")
+                )
+            for m in methods:
+                for v in (f"{a}_{b}", f"{b}_{a}"):
+                    out.append(
+                        (f"FF-{m}/{v}", 1, root / "manipulated_sequences" / m / compression / "videos" / f"{v}.mp4")
+                    )
+    return out
 
 
 def ffpp_official_splits(split_dir: str | Path) -> dict[str, str]:
@@ -150,7 +182,7 @@ def read_folders(root: str | Path, dataset: str | None = None) -> list[MediaItem
     for sub, label in (("real", 0), ("fake", 1)):
         folder = root / sub
         if folder.is_dir():
-            for p in _media_files(folder):
+            for p in media_files(folder):
                 vid = p.relative_to(root).with_suffix("").as_posix()
                 items.append(MediaItem(p, label, vid, name, vid))
     if not items:
@@ -169,24 +201,34 @@ def detect_format(source: str | Path) -> str:
 
 
 def read_source(
-    source: str | Path, fmt: str | None = None, ffpp_split_dir: str | Path | None = None
+    source: str | Path,
+    fmt: str | None = None,
+    ffpp_split_dir: str | Path | None = None,
+    ffpp_methods: tuple[str, ...] = FFPP_METHODS,
 ) -> list[MediaItem]:
     """Dispatch on the format (guessed when None); video ids are checked for uniqueness."""
     fmt = fmt or detect_format(source)
     if fmt == "ffpp":
-        items = read_ffpp(source, split_dir=ffpp_split_dir)
+        items = read_ffpp(source, split_dir=ffpp_split_dir, methods=ffpp_methods)
     elif fmt == "manifest":
         items = read_media_manifest(source)
     elif fmt == "folders":
         items = read_folders(source)
     else:
         raise ValueError(f"unknown source format {fmt!r}; expected one of {FORMATS}")
+    check_unique(items)
+    return items
+
+
+def check_unique(items: Iterable[MediaItem]) -> None:
+    """Raise if two media files share a video id (stills of one video, `frame` set, may)."""
     seen: dict[str, Path] = {}
     for it in items:
+        if it.frame is not None:
+            continue
         if it.video_id in seen:
             raise ValueError(f"video id {it.video_id!r} used by both {seen[it.video_id]} and {it.path}")
         seen[it.video_id] = it.path
-    return items
 
 
 def with_split(item: MediaItem, split: str) -> MediaItem:

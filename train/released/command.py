@@ -14,8 +14,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
+from train.commands.import_release import register as register  # the parser is defined without torch
 from train.released.errors import ReleaseError
 
 #: The authors decide at p(fake) = 0.5 (argmax of the softmax, yermandy/deepfake-detection src/model/dfdet.py:377-378).
@@ -63,18 +63,6 @@ def import_release(source: str, out: Path, *, revision: str | None = None, filen
         checkpoint_sha256=checkpoint_sha,
         seconds=time.perf_counter() - start,
     )
-
-
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "import", help="import a released detector (model.ckpt, model.torchscript, GenD folder or hub repo id)"
-    )
-    p.add_argument("source", help="local file/folder, or a hub repo id such as yermandy/GenD_CLIP_L_14")
-    p.add_argument("--out", type=Path, required=True, help="dfmod checkpoint to write")
-    p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit); default: main")
-    p.add_argument("--file", default=None, help="hub/folder file to import, e.g. model.torchscript (default: detected)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -310,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     # OpenCV's native logger writes unstructured lines to stderr (YuNet: "setPreferableTarget Targets are not
     # supported..."); errors still come through. Before anything imports cv2.
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    # gRPC's C core logs each failed TLS handshake as an unstructured stderr line; the start-up error and the
+    # breaker already say it once, in one line.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     args = build_parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     if args.command != "worker":

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from enum import IntEnum
 from typing import Any, get_origin
+from urllib.parse import urlsplit
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
@@ -30,9 +31,10 @@ from pydantic_settings import SettingsError
 
 from worker.core.contracts import ModelInfo
 from worker.core.model_config import check_preprocessing
-from worker.core.settings import FaceSettings, KafkaSettings, TritonSettings, WorkerSettings
+from worker.core.settings import CacheSettings, FaceSettings, KafkaSettings, TritonSettings, WorkerSettings
 from worker.infer.base import CROP_SHAPE, INPUT_NAME, OUTPUT_EMBEDDING, OUTPUT_FAKE_PROB, InferenceBackend
 from worker.infer.triton import CONTROL_TIMEOUT_S, TritonBackend, index_models
+from worker.scoring.cache import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +191,17 @@ def _not_ready_reason(client: Any, settings: TritonSettings) -> str:
     return f"state {entry.get('state', 'unknown')}" + (f": {reason}" if reason else "")
 
 
+def _triton_hint(settings: TritonSettings, last: str) -> str:
+    """Which settings to check for an unreachable Triton: its URL, and the TLS ones when TLS is in the way."""
+    text = last.lower()
+    if "handshake" in text or "certificate" in text or "ssl" in text:
+        return ("check DFMOD_TRITON__TLS_CA_FILE: it must hold the CA that signed Triton's certificate, "
+                "and DFMOD_TRITON__TLS_CERT_FILE/_KEY_FILE where Triton wants a client certificate")
+    if not settings.tls and "socket closed" in text:
+        return "check DFMOD_TRITON__URL; a Triton that speaks TLS needs DFMOD_TRITON__TLS=true"
+    return "check DFMOD_TRITON__URL"
+
+
 def wait_for_triton(settings: TritonSettings, client: Any, beat: Beat = _no_beat) -> None:
     """Until the server is live and the model ready, within `settings.ready_timeout_s`; else StartupError."""
     timeout = settings.ready_timeout_s
@@ -213,7 +226,7 @@ def wait_for_triton(settings: TritonSettings, client: Any, beat: Beat = _no_beat
     if not live:
         raise StartupError(Failure.TRITON_UNREACHABLE,
                            f"Triton at {settings.url} did not answer within {timeout:g} s: {last} "
-                           "(check DFMOD_TRITON__URL)")
+                           f"({_triton_hint(settings, last)})")
     raise StartupError(Failure.MODEL_NOT_READY,
                        f"model {model} on Triton at {settings.url} not ready within {timeout:g} s: {last} "
                        "(check DFMOD_TRITON__MODEL_NAME and the model repository)")
@@ -285,6 +298,29 @@ def check_kafka(settings: KafkaSettings, beat: Beat = _no_beat) -> None:
                            f"(create it, or check {names})")
 
 
+# -- Redis (optional: a refusal is reported, not fatal) ------------------------------------------------------
+def check_cache(settings: CacheSettings) -> str | None:
+    """Whether Redis answers with these credentials and certificates. It is an optimisation: a refusal
+    (wrong password, untrusted certificate, down) is logged once here, `/readyz` keeps naming it, and
+    verdicts are scored uncached until it answers. Returns the problem, or None."""
+    if not settings.enabled:
+        return None
+    parts = urlsplit(settings.url)
+    address = f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}"  # never the URL: it may hold a password
+    client = redis_client(settings)
+    try:
+        client.ping()
+    except Exception as exc:
+        problem = f"{type(exc).__name__}: {_short(exc)}"
+        log.warning("Redis refused or did not answer: verdicts are scored uncached until it does",
+                    extra={"check": "cache", "address": address, "user": settings.username or "default",
+                           "error": problem})
+        return problem
+    finally:
+        client.close()
+    return None
+
+
 # -- all of them --------------------------------------------------------------------------------------------
 def run_checks(settings: WorkerSettings, backend: TritonBackend, beat: Beat = _no_beat) -> ModelInfo:
     """Every check, in order; returns the served model's info. Raises StartupError at the first failure."""
@@ -292,6 +328,7 @@ def run_checks(settings: WorkerSettings, backend: TritonBackend, beat: Beat = _n
     check_detector(settings.faces)
     model = check_triton(settings.triton, backend, beat)
     check_kafka(settings.kafka, beat)
+    check_cache(settings.cache)
     log.info("start-up checks passed", extra={"seconds": round(time.monotonic() - started, 2),
                                                "model": f"{model.name}/{model.version}"})
     return model

@@ -10,8 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _readable_file(path: str) -> str:
+    """A path setting that is set must name a file: say so at start-up, not at the first connection."""
+    if path and not Path(path).is_file():
+        raise ValueError(f"no such file: {path}")
+    return path
+
 
 #: How video frames are picked: the paper's exact even spacing, or the opt-in approximate keyframe mode.
 Sampling = Literal["exact", "keyframes"]
@@ -178,6 +186,28 @@ class TritonSettings(BaseModel):
     timeout_s: float = 30.0
     #: How long start-up waits for Triton to answer and the model to become ready (exit codes 12, 13).
     ready_timeout_s: float = 120.0
+    #: gRPC over TLS. `tls_ca_file`: the CA bundle that signed the server's certificate (empty: the system's);
+    #: `tls_cert_file` + `tls_key_file`: this worker's client certificate where Triton requires one (mutual TLS).
+    tls: bool = False
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    #: How requests spread over Triton servers. `pick_first`: one connection, to the first address `url`
+    #: resolves to. `round_robin`: a connection to every address, requests taken in turn; give it a name
+    #: that resolves to each server (`dns:///triton-pods:8001`, a headless Service), so a Triton rollout or
+    #: a second GPU does not leave every worker on one pod. gRPC resolves the name again whenever a
+    #: connection drops (a pod went away); a pod added while all others stay up is found at the next drop.
+    load_balancing: Literal["pick_first", "round_robin"] = "pick_first"
+
+    _files = field_validator("tls_ca_file", "tls_cert_file", "tls_key_file")(_readable_file)
+
+    @model_validator(mode="after")
+    def _tls_together(self) -> TritonSettings:
+        if not self.tls and (self.tls_ca_file or self.tls_cert_file or self.tls_key_file):
+            raise ValueError("tls_*_file is set but tls is false: set DFMOD_TRITON__TLS=true")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together (a client certificate and its key)")
+        return self
 
 
 class RetrySettings(BaseModel):
@@ -206,13 +236,31 @@ class CacheSettings(BaseModel):
     """Redis verdict cache. An optimisation only: Redis down means slower, never wrong or stuck."""
 
     enabled: bool = True
+    #: `redis://` or, over TLS, `rediss://` (then `tls_*` apply).
     url: str = "redis://127.0.0.1:6379/0"
+    #: An ACL user (Redis 6+); empty: the `default` user. `password` is that user's.
+    username: str = ""
     password: SecretStr | None = None
+    #: TLS (`rediss://` only): the CA bundle of the server's certificate (empty: the system's), and a client
+    #: certificate + key where the server requires one (`tls-auth-clients yes`).
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
     ttl_s: int = 30 * 24 * 3600
     key_prefix: str = "dfmod:verdict:"
     socket_timeout_s: float = 0.25
     #: After a failure, skip Redis for this long instead of paying the timeout on every event.
     retry_after_s: float = 5.0
+
+    _files = field_validator("tls_ca_file", "tls_cert_file", "tls_key_file")(_readable_file)
+
+    @model_validator(mode="after")
+    def _tls_together(self) -> CacheSettings:
+        if not self.url.startswith("rediss://") and (self.tls_ca_file or self.tls_cert_file or self.tls_key_file):
+            raise ValueError("tls_*_file is set but url is not rediss:// (TLS)")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together (a client certificate and its key)")
+        return self
 
 
 class NearDuplicateSettings(BaseModel):

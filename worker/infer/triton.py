@@ -78,6 +78,25 @@ def latest_ready_version(index: Mapping[str, Any] | list[Any], model_name: str) 
     return max(versions, key=_version_key) if versions else None
 
 
+def channel_args(settings: TritonSettings) -> list[tuple[str, Any]] | None:
+    """gRPC channel options: tritonclient's own (no message size limit, its keepalive) plus the load-balancing
+    policy; None keeps tritonclient's defaults as they are (`pick_first`)."""
+    if settings.load_balancing == "pick_first":
+        return None
+    import tritonclient.grpc as grpcclient
+
+    keepalive = grpcclient.KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.lb_policy_name", settings.load_balancing),
+    ]
+
+
 class TritonBackend:
     """`InferenceBackend` on tritonclient.grpc. `client` is injectable for unit tests only."""
 
@@ -85,7 +104,11 @@ class TritonBackend:
         if client is None:
             import tritonclient.grpc as grpcclient  # heavy import, kept out of `dfmod --help`
 
-            client = grpcclient.InferenceServerClient(url=settings.url)
+            client = grpcclient.InferenceServerClient(
+                url=settings.url, channel_args=channel_args(settings), ssl=settings.tls,
+                root_certificates=settings.tls_ca_file or None, private_key=settings.tls_key_file or None,
+                certificate_chain=settings.tls_cert_file or None,
+            )
         self.settings = settings
         self._client = client
         self._slots = threading.BoundedSemaphore(max(1, settings.max_in_flight))

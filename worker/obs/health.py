@@ -22,6 +22,8 @@ class HealthState:
         self.stall_after_s = stall_after_s
         self.last_loop = time.monotonic()
         self.ready_checks: dict[str, Callable[[], bool]] = {}
+        #: Degradations that do not stop work (the cache): each returns why, or None; `/readyz` lists them.
+        self.degraded: dict[str, Callable[[], str | None]] = {}
 
     def beat(self) -> None:
         self.last_loop = time.monotonic()
@@ -39,7 +41,16 @@ class HealthState:
                 ok = False
             if not ok:
                 failing.append(name)
-        return not failing, ("ready" if not failing else "not ready: " + ", ".join(failing))
+        notes = []
+        for name, why in self.degraded.items():
+            try:
+                note = why()
+            except Exception as exc:
+                note = repr(exc)
+            if note:
+                notes.append(f"{name}: {note}")
+        text = "ready" if not failing else "not ready: " + ", ".join(failing)
+        return not failing, text + ("; degraded: " + "; ".join(notes) if notes else "")
 
 
 def serve(state: HealthState, host: str, port: int) -> ThreadingHTTPServer:

@@ -43,6 +43,9 @@ HASH_LIST_MATCHES = Counter(
     "dfmod_hash_list_matches_total", "Media matching an operator's hash list, by the list's label and the mode",
     ["label", "mode"],
 )
+CACHE_AVAILABLE = Gauge("dfmod_cache_available",
+                        "1 while Redis answered the last look-up, 0 while it fails (refused credentials or TLS, "
+                        "down): verdicts are then scored uncached")
 BATCH_SIZE = Histogram(
     "dfmod_batch_size", "Faces per inference request", buckets=(1, 2, 4, 8, 16, 32, 64, 128)
 )

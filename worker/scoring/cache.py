@@ -75,9 +75,15 @@ def redis_client(settings: CacheSettings) -> Any:
     from redis.retry import Retry
 
     password = settings.password.get_secret_value() if settings.password is not None else None
+    tls: dict[str, Any] = {}
+    if settings.url.startswith("rediss://"):
+        tls = {"ssl_ca_certs": settings.tls_ca_file or None, "ssl_certfile": settings.tls_cert_file or None,
+               "ssl_keyfile": settings.tls_key_file or None}
     return redis.Redis.from_url(
         settings.url,
+        username=settings.username or None,
         password=password,
+        **tls,
         socket_timeout=settings.socket_timeout_s,
         socket_connect_timeout=settings.socket_timeout_s,
         # One immediate retry on a broken connection (a pooled socket that died while Redis
@@ -104,6 +110,9 @@ class VerdictCache:
         self.skips = 0
         self._lock = threading.Lock()
         self.breaker = Breaker("redis", retry_after_s=settings.retry_after_s)
+        #: Why the last call failed (e.g. Redis refused the credentials or the certificate), None once it answers:
+        #: `/readyz` shows it while the worker scores on uncached. Redis' messages carry no secrets.
+        self.problem: str | None = None
         self._client: Any = redis_client(settings) if self.enabled else None
 
     # -- bookkeeping -----------------------------------------------------------------------------------
@@ -134,12 +143,14 @@ class VerdictCache:
 
     def _failed(self, op: str, exc: BaseException) -> None:
         self._count("error")
+        self.problem = f"redis {op} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
         if self.breaker.failure():  # one warning per outage, not one per event
             log.warning(
                 "redis %s failed, skipping the cache for %.1f s: %s", op, self.settings.retry_after_s, exc
             )
 
     def _succeeded(self) -> None:
+        self.problem = None
         if self.breaker.success():
             log.info("redis is back, verdict cache in use again")
 

@@ -38,6 +38,12 @@ def _record_breaker(open_: bool) -> None:
     log.warning("inference is down: taking no new work" if open_ else "inference is back: taking work again")
 
 
+def _record_cache(kind: str) -> None:
+    metrics.CACHE.labels(kind).inc()
+    if kind in ("hit", "miss", "error"):  # Redis answered (or failed) just now; "skip" says nothing new
+        metrics.CACHE_AVAILABLE.set(0 if kind == "error" else 1)
+
+
 class Engine:
     """Owns the backend and everything built on it. Use as a context manager, or call `close()`."""
 
@@ -59,7 +65,7 @@ class Engine:
             backend.close()
             raise
         self.cache = (
-            VerdictCache(settings.cache, on_event=lambda kind: metrics.CACHE.labels(kind).inc())
+            VerdictCache(settings.cache, on_event=_record_cache)
             if use_cache else None
         )
         self.near_index = (

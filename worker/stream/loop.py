@@ -322,7 +322,7 @@ class ConsumeLoop:
             self._run_completions()
         offsets = {tp: off for tp, off in self.tracker.committable().items() if tp in tps}
         if commit and offsets:  # a failure: the group moved on, the next owner redoes the uncommitted part
-            self._commit(offsets)
+            self._commit(offsets, rewind=False)  # aborted: nothing to read again here, the partitions are going
         left = self._forget(tps)
         log.info(
             "partitions revoked" if commit else "partitions lost",
@@ -529,9 +529,10 @@ class ConsumeLoop:
         self._last_commit = now
         self._commit(self.tracker.committable())
 
-    def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+    def _commit(self, offsets: dict[TopicPartition, int], rewind: bool = True) -> None:
         """Commit `offsets` (contiguous-answered positions): plainly, or in exactly-once mode in one
-        transaction with the held answers below them."""
+        transaction with the held answers below them (aborted: their partitions `rewind`, unless they are
+        being let go)."""
         if not offsets:
             return
         if not self.exactly_once:
@@ -547,7 +548,8 @@ class ConsumeLoop:
             metrics.TRANSACTIONS.labels(outcome="aborted").inc()
             log.warning("transaction aborted: its partitions rewind to their last commit",
                         extra={"error": str(exc), "partitions": [str(tp) for tp in sorted(offsets)]})
-            self._rewind(offsets)
+            if rewind:
+                self._rewind(offsets)
             return
         metrics.TRANSACTIONS.labels(outcome="committed").inc()
         self.outbox.forget_below(offsets)
@@ -600,6 +602,9 @@ class Worker:
         self.publisher.schedule = self.loop.call_later
         self.health.ready_checks["inference"] = lambda: not self.engine.breaker.is_open
         self.health.ready_checks["triton"] = backend.is_ready
+        if self.engine.cache is not None:
+            cache = self.engine.cache
+            self.health.degraded["cache"] = lambda: cache.problem if cache.enabled else None
         self.health.ready_checks["kafka_assignment"] = lambda: self.loop.assigned.is_set() or self.consumer.in_group()
         self.stop_requested = self.loop.stop_requested
 

@@ -27,10 +27,15 @@ class Outbox:
 
     def __init__(self) -> None:
         self._held: dict[TopicPartition, dict[int, list[Send]]] = {}
+        self._count = 0  # the loop asks `len()` every turn: kept, not recounted
 
     def sender(self, tp: TopicPartition, offset: int) -> HeldSender:
         """A `Sender` whose sends are held for (`tp`, `offset`) and acked at once."""
-        return HeldSender(self._held.setdefault(tp, {}).setdefault(offset, []))
+        return HeldSender(self, tp, offset)
+
+    def hold(self, tp: TopicPartition, offset: int, send: Send) -> None:
+        self._held.setdefault(tp, {}).setdefault(offset, []).append(send)
+        self._count += 1
 
     def _below(self, tp: TopicPartition, position: int) -> list[int]:
         return sorted(o for o in self._held.get(tp, {}) if o < position)
@@ -43,25 +48,25 @@ class Outbox:
         """Their transaction committed: drop what `ready(positions)` returned."""
         for tp, position in positions.items():
             for offset in self._below(tp, position):
-                del self._held[tp][offset]
+                self._count -= len(self._held[tp].pop(offset))
 
     def drop(self, tps: Iterable[TopicPartition]) -> None:
         """The partitions were lost or rewound: their held answers are never published."""
         for tp in tps:
-            self._held.pop(tp, None)
+            self._count -= sum(len(sends) for sends in self._held.pop(tp, {}).values())
 
     def __len__(self) -> int:
-        return sum(len(sends) for held in self._held.values() for sends in held.values())
+        return self._count
 
 
 class HeldSender:
     """The loop's `Sender` for one record in exactly-once mode: records the sends, acks them at once."""
 
-    def __init__(self, into: list[Send]) -> None:
-        self._into = into
+    def __init__(self, outbox: Outbox, tp: TopicPartition, offset: int) -> None:
+        self._outbox, self._tp, self._offset = outbox, tp, offset
 
     def _hold(self, send: Send, on_ack: Callable[[], None]) -> None:
-        self._into.append(send)
+        self._outbox.hold(self._tp, self._offset, send)
         on_ack()
 
     def publish_verdict(self, verdict: Verdict, on_ack: Callable[[], None]) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 from kafka import KafkaProducer, TopicPartition
 from kafka import errors as Errors
 from kafka.consumer.fetcher import ConsumerRecord
+from prometheus_client import Counter
 
 from worker.core.contracts import DeadLetter, Verdict
 from worker.core.retry import Backoff
@@ -68,6 +69,8 @@ class Publisher:
         #: loop thread; standalone, a timer thread.
         self.schedule: Callable[[float, Callable[[], None]], None] = _timer_thread
         self._closing = threading.Event()
+        #: Counters of the open transaction's records: they count once it commits (an aborted one is sent again).
+        self._txn_counts: list[Counter] = []
         self._producer = KafkaProducer(
             acks="all",
             enable_idempotence=True,
@@ -91,6 +94,7 @@ class Publisher:
         (fenced by a newer producer with this id, abort impossible) is fatal to this producer.
         """
         self._producer.begin_transaction()
+        self._txn_counts = []
         try:
             for send in sends:
                 send(self)
@@ -101,23 +105,39 @@ class Publisher:
         except Exception as exc:
             self._producer.abort_transaction()  # raises when the producer is in a fatal state
             raise TransactionAborted(repr(exc)) from exc
+        finally:
+            counts, self._txn_counts = self._txn_counts, []
+        for counter in counts:
+            counter.inc()
 
     def publish_verdict(self, verdict: Verdict, on_ack: Callable[[], None]) -> None:
         self._send(self.settings.verdicts_topic, verdict.id, verdict_value(verdict), on_ack)
 
     def publish_dead_letter(self, record: DeadLetter, on_ack: Callable[[], None]) -> None:
-        metrics.DLQ.inc()
         value = dead_letter_value(record, self.settings.max_message_bytes)
-        self._send(self.settings.dlq_topic, record.id, value, on_ack)
+        self._send(self.settings.dlq_topic, record.id, value, self._counted(metrics.DLQ, on_ack))
 
     def publish_retry(self, record: ConsumerRecord, attempt: int, not_before_ms: int,
                       on_ack: Callable[[], None]) -> None:
         """The record, byte for byte, to the retry topic for its `attempt`-th try after `not_before_ms`."""
-        metrics.ITEM_RETRIES.inc()
+        on_ack = self._counted(metrics.ITEM_RETRIES, on_ack)
         ours = {ATTEMPT_HEADER, NOT_BEFORE_HEADER}
         headers = [(k, v or b"") for k, v in (record.headers or []) if k not in ours]
         headers += [(ATTEMPT_HEADER, str(attempt).encode()), (NOT_BEFORE_HEADER, str(not_before_ms).encode())]
         self._send_raw(self.settings.retry_topic, record.key, record.value or b"", on_ack, headers)
+
+    def _counted(self, counter: Counter, on_ack: Callable[[], None]) -> Callable[[], None]:
+        """`on_ack`, counting the record in `counter` once the broker has it: at its ack, or in a transaction
+        when that commits (an aborted transaction's records are sent again and must not count twice)."""
+        if self.transactional:
+            self._txn_counts.append(counter)
+            return on_ack
+
+        def acked() -> None:
+            counter.inc()
+            on_ack()
+
+        return acked
 
     def _send(self, topic: str, key: str, value: bytes, on_ack: Callable[[], None]) -> None:
         self._send_raw(topic, key.encode(), value, on_ack, STRUCTURED_HEADERS)

@@ -638,3 +638,17 @@ def test_exactly_once_revocation_commits_the_held_answers_before_letting_go() ->
     assert publisher.transactions == [(["e1-0", "e1-1"], {TP1: 2})]
     assert len(loop.outbox) == 0
     shutdown(loop)
+
+
+def test_exactly_once_revocation_whose_transaction_aborts_lets_go_without_reading_the_partition_again() -> None:
+    loop, consumer, publisher, _ = exactly_once()
+    loop.settings.kafka.transaction_interval_ms = 60_000
+    loop._last_commit = time.monotonic()
+    consumer.queue = [record(0, 1), record(1, 1)]
+    turn_until(loop, lambda: len(loop.outbox) == 2 and loop.tracker.in_flight() == 0)
+    publisher.abort_next = 1
+    consumer.events = [RebalanceEvent("revoked", frozenset({TP1}))]
+    loop.turn()
+    assert consumer.rewinds == [], "the partition is going: its next owner reads it from the last commit"
+    assert publisher.ids() == [] and len(loop.outbox) == 0 and loop.tracker.committable() == {}
+    shutdown(loop)

@@ -50,11 +50,13 @@ app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/* A component's ServiceAccount. Call with (dict "root" . "component" "worker"|"triton"). */}}
 {{- define "dfmod.serviceAccountName" -}}
-{{- if .Values.serviceAccount.create -}}
-{{- default (include "dfmod.fullname" .) .Values.serviceAccount.name -}}
+{{- $sa := (get .root.Values .component).serviceAccount -}}
+{{- if $sa.create -}}
+{{- default (printf "%s-%s" (include "dfmod.fullname" .root) .component) $sa.name -}}
 {{- else -}}
-{{- default "default" .Values.serviceAccount.name -}}
+{{- default "default" $sa.name -}}
 {{- end -}}
 {{- end -}}
 
@@ -86,10 +88,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- $grace -}}
 {{- end -}}
 
-{{/* gRPC address the workers call: this release's Triton Service, or triton.externalUrl. */}}
+{{/* gRPC address the workers call: this release's headless Triton Service (every pod), or triton.externalUrl. */}}
 {{- define "dfmod.triton.url" -}}
 {{- if .Values.triton.enabled -}}
-{{- printf "%s:8001" (include "dfmod.triton.fullname" .) -}}
+{{- printf "dns:///%s-pods:8001" (include "dfmod.triton.fullname" .) -}}
 {{- else if .Values.triton.externalUrl -}}
 {{- .Values.triton.externalUrl -}}
 {{- else -}}
@@ -141,6 +143,14 @@ Call with (dict "prefix" "DFMOD_" "settings" .Values.worker.settings).
 
 {{/* Checks that span several values (the schema checks single values). */}}
 {{- define "dfmod.validate" -}}
+{{- if and .Values.triton.enabled .Values.triton.tls.enabled (not .Values.triton.tls.serverSecret) -}}
+{{- fail "triton.tls.enabled with this chart's Triton: set triton.tls.serverSecret (a kubernetes.io/tls Secret whose certificate names <release>-triton-pods)" -}}
+{{- end -}}
+{{- range $name, $tls := dict "cache.tls" .Values.cache.tls "triton.tls" .Values.triton.tls -}}
+{{- if and $tls.certKey (not $tls.keyKey) -}}
+{{- fail (printf "%s.certKey is set: set %s.keyKey too (a client certificate and its key)" $name $name) -}}
+{{- end -}}
+{{- end -}}
 {{- $w := .Values.worker -}}
 {{- $a := $w.autoscaling -}}
 {{- $parts := int .Values.kafka.eventsPartitions -}}
@@ -183,4 +193,34 @@ Call with (dict "prefix" "DFMOD_" "settings" .Values.worker.settings).
 {{- end -}}
 {{- $_ := include "dfmod.worker.gracePeriod" . -}}
 {{- $_ := include "dfmod.triton.url" . -}}
+{{- end -}}
+
+{{/* Stakater Reloader's annotation naming the Secrets a Deployment references (rolloutOnSecretChange), or nothing.
+Call with (dict "root" . "secrets" (list name...)); empty names are left out. */}}
+{{- define "dfmod.reloadOn" -}}
+{{- $names := compact .secrets | uniq -}}
+{{- if and .root.Values.rolloutOnSecretChange $names -}}
+annotations:
+  secret.reloader.stakater.com/reload: {{ join "," $names | quote }}
+{{- end -}}
+{{- end -}}
+
+{{/* The Redis TLS Secret is mounted (a rediss:// URL and a Secret given). */}}
+{{- define "dfmod.cache.tlsMounted" -}}
+{{- if and (hasPrefix "rediss://" .Values.cache.url) .Values.cache.tls.existingSecret }}true{{ end -}}
+{{- end -}}
+
+{{/* <prefix>TLS_CA_FILE / TLS_CERT_FILE / TLS_KEY_FILE for the keys of a mounted TLS Secret.
+Call with (dict "prefix" "DFMOD_CACHE__" "dir" "/etc/dfmod/redis-tls" "tls" .Values.cache.tls). */}}
+{{- define "dfmod.tlsFileEnv" -}}
+{{- if .tls.caKey }}
+- name: {{ .prefix }}TLS_CA_FILE
+  value: {{ printf "%s/%s" .dir .tls.caKey | quote }}
+{{- end }}
+{{- if .tls.certKey }}
+- name: {{ .prefix }}TLS_CERT_FILE
+  value: {{ printf "%s/%s" .dir .tls.certKey | quote }}
+- name: {{ .prefix }}TLS_KEY_FILE
+  value: {{ printf "%s/%s" .dir .tls.keyKey | quote }}
+{{- end }}
 {{- end -}}
