@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # (the astronaut portrait in scikit-image). Optional extras (SCRFD weights): DFMOD_SHARED_DIR, see tests/conftest.py.
 PYTEST_ARGS ?=
 
-.PHONY: help setup tools schemas demo test test-unit test-integration lint stack-up stack-down stack-status bench soak clean
+.PHONY: help setup tools schemas demo test test-unit test-integration lint stack-up stack-down stack-status bench bench-neardup soak clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ stack-down:  ## stop what stack-up started
 
 stack-status:
 	deploy/local/stack.sh status
+
+bench-neardup: setup  ## near-duplicates: PDQ/vPDQ recall and false matches per transform, hashing CPU per still/video (no stack)
+	timeout 1800 nice $(BIN)/python deploy/local/neardup_bench.py $(BENCH_ARGS)
 
 bench: setup  ## performance dashboard: CPU s per stage per media, worker vs bare model vs naive loop, cache, RSS, sizing (MODEL=ViT-B-32 for the ratios)
 	timeout 5400 nice $(BIN)/python deploy/local/bench.py --model $(or $(MODEL),tiny) $(BENCH_ARGS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,3 +133,23 @@ def repeated(clip: bytes, times: int) -> bytes:
                 copy.is_keyframe, copy.time_base, copy.stream = p.is_keyframe, p.time_base, stream
                 out.mux(copy)
     return out_buf.getvalue()
+
+
+def reencode(blob: bytes, frame: Callable[[RGBImage], RGBImage] = lambda rgb: rgb, crf: int = 23) -> bytes:
+    """Every frame of `blob` through `frame`, encoded again with x264 at `crf`."""
+    with av.open(io.BytesIO(blob)) as src:
+        rate = src.streams.video[0].average_rate or 15
+        frames = [frame(f.to_ndarray(format="rgb24")) for f in src.decode(video=0)]
+    h, w = frames[0].shape[0] // 2 * 2, frames[0].shape[1] // 2 * 2
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"  # type: ignore[union-attr]
+        stream.options = {"crf": str(crf), "preset": "veryfast"}
+        for rgb in frames:
+            picture_ = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[:h, :w]), format="rgb24")
+            for packet in stream.encode(picture_):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buf.getvalue()

@@ -60,3 +60,21 @@ def event(blob: bytes | None = None, *, uri: str | None = None, content_type: st
 def write(path: Path, blob: bytes) -> Path:
     path.write_bytes(blob)
     return path
+
+
+def reencoded_mp4(blob: bytes) -> bytes:
+    """`blob` as another upload of the same video would arrive: 3/4 the size, H.264 at a lower bitrate."""
+    import cv2
+    from bench_media import reencode
+
+    def smaller(rgb: Any) -> Any:
+        return cv2.resize(rgb, (rgb.shape[1] * 3 // 4, rgb.shape[0] * 3 // 4), interpolation=cv2.INTER_AREA)
+
+    return reencode(blob, smaller, crf=32)
+
+
+def other_video_mp4(seconds: float = 3.0) -> bytes:
+    """A video with different content (pans over another picture)."""
+    from skimage import data
+
+    return pan_zoom_video(data.coffee(), seconds=seconds, fps=15)

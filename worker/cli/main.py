@@ -5,6 +5,7 @@
     dfmod verdicts               follow the verdict topic, one JSON line per verdict
     dfmod scan PATH...           score files or folders in-process with ONNX Runtime, no servers
     dfmod settings               print the effective settings as JSON (secrets masked)
+    dfmod hashlist import|export|stats   operators' PDQ lists of known fakes and reals (CSV)
 
 Exit codes: 0 success; 1 `scan` flagged something fake (`verdicts`: not every id arrived); 2 usage or
 configuration error; 3 a server or model cannot be reached or loaded; 10-15 `worker` start-up checks
@@ -174,6 +175,33 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
     """Shows every option's default, keeps the descriptions' line breaks."""
 
 
+def _hashlist(args: argparse.Namespace) -> int:
+    from worker.cli import hashlist
+
+    settings = _settings()
+    try:
+        if args.action == "import":
+            if not args.file:
+                raise CliError("hashlist import needs the CSV file", USAGE)
+            try:
+                text = Path(args.file).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise CliError(f"cannot read {args.file}: {exc}", USAGE) from exc
+            stored = hashlist.import_csv(settings, text, args.list)
+            print(json.dumps({"imported": stored, "file": args.file}), flush=True)
+        elif args.action == "export":
+            if args.labelled_fake:
+                print(hashlist.export_labelled_fake(settings, args.list or "dfmod-labelled-fake"), end="")
+            else:
+                print(hashlist.export_lists(settings, args.list), end="")
+        else:
+            for row in hashlist.stats(settings):
+                print(json.dumps(row), flush=True)
+    except hashlist.HashListError as exc:
+        raise CliError(str(exc), USAGE if exc.usage else INFRASTRUCTURE) from exc
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dfmod", description=__doc__, formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"dfmod {__version__}")
@@ -227,6 +255,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a Triton model directory (config.pbtxt + <version>/model.onnx)")
     p.add_argument("--json", action="store_true", help="print each full verdict as one JSON line")
     p.set_defaults(func=_scan)
+
+    p = command("hashlist", "import, export or count operators' PDQ hash lists",
+                "Hash lists of known fakes and reals, matched against every media (DFMOD_NEAR_DUPLICATE__LISTS: "
+                "annotate or decide). CSV with the header pdq,label,list,source; pdq is 64 hex digits, or "
+                "several separated by spaces for a video's frames.")
+    p.add_argument("action", choices=["import", "export", "stats"],
+                   help="import a CSV, export entries as CSV, or count entries per list and label")
+    p.add_argument("file", nargs="?", help="import: the CSV file")
+    p.add_argument("--list", help="import: store under this list name; export: only this list (or the name "
+                   "given to --labelled-fake entries)")
+    p.add_argument("--labelled-fake", action="store_true",
+                   help="export: the hashes of every cached verdict dfmod labelled fake, for sharing")
+    p.set_defaults(func=_hashlist)
 
     command("settings", "print the effective settings (secrets masked)",
             "Print the effective settings as JSON, secrets masked.").set_defaults(func=_show_settings)

@@ -126,6 +126,35 @@ class ModelInfo(BaseModel):
     checkpoint_sha256: str = ""   # sha256 of the dfmod checkpoint that was exported
 
 
+class FrameHash(BaseModel):
+    """PDQ of one sampled frame (or of the still), as vPDQ's per-frame features: frame, time, hash, quality."""
+
+    frame_index: int
+    time_s: float
+    pdq: str                      # 64 hex digits, ThreatExchange's form
+    quality: int                  # 0-100; below NearDuplicateSettings.min_quality it is never compared
+
+
+class NearDuplicate(BaseModel):
+    """Earlier-judged media whose perceptual hashes match this one's."""
+
+    media_sha256: str             # the matched media
+    distance: int                 # PDQ bits: a still's distance; a video's mean over its matched frames
+    mirrored: bool = False        # the match is this media's left-right mirror image
+    match_pct: float = 100.0      # vPDQ: share of the matched media's frames matched (100 for stills)
+    query_match_pct: float = 100.0  # and of this media's frames
+    answered: bool = False        # the verdict is the matched media's (mode `on`), not this media's own scores
+
+
+class ListMatch(BaseModel):
+    """An entry of an operator's hash list (`dfmod hashlist import`) that this media matches."""
+
+    list: str
+    label: Literal["fake", "real"]
+    source: str = ""
+    distance: int                 # PDQ bits, as in NearDuplicate
+
+
 class VerdictData(BaseModel):
     status: Status
     label: Label | None = None
@@ -148,6 +177,13 @@ class VerdictData(BaseModel):
     cached: bool = False
     timings_ms: dict[str, float] = Field(default_factory=dict)
     error: ErrorInfo | None = None
+    #: PDQ of each sampled frame (one for a still); empty when nothing was decoded
+    phash: list[FrameHash] = Field(default_factory=list)
+    #: set when the media matched earlier-judged media (NearDuplicateSettings)
+    near_duplicate: NearDuplicate | None = None
+    #: set when the media matches a hash-list entry (NearDuplicateSettings.lists); with `lists: decide` the
+    #: label is the list's and `score` is null (nothing was scored)
+    match: ListMatch | None = None
 
 
 class Verdict(BaseModel):

@@ -263,6 +263,33 @@ class CacheSettings(BaseModel):
         return self
 
 
+class NearDuplicateSettings(BaseModel):
+    """Perceptual-hash near-duplicates (PDQ per still and per sampled frame; vPDQ's matching for video).
+
+    The defaults come from `make bench-neardup` (deploy/local/neardup_bench.py, numbers in docs/neardup-bench.md):
+    `tag_only` because a face swapped into an otherwise unchanged video is itself a near-duplicate of its source.
+    """
+
+    #: off: no look-up; on: a match is answered with the earlier verdict, without detection or inference;
+    #: tag_only: the match is reported in the verdict (`near_duplicate`) and the media is still scored.
+    mode: Literal["off", "on", "tag_only"] = "tag_only"
+    #: Two frames match within this many of PDQ's 256 bits (PDQ's customary threshold is 31).
+    max_distance: int = Field(default=31, ge=0, le=128)
+    #: Frames with a PDQ quality below this are not compared (flat frames all hash alike); vPDQ's F.
+    min_quality: int = Field(default=50, ge=0, le=100)
+    #: Video: at least this share (%) of the earlier video's frames must match a frame of this one (vPDQ's P_c),
+    match_pct: float = Field(default=80.0, ge=0, le=100)
+    #: ... and this share (%) of this video's frames one of the earlier video's (vPDQ's P_q).
+    query_match_pct: float = Field(default=80.0, ge=0, le=100)
+    #: Index buckets per hash: 16 bands of 16 bits. A match within 15 bits always shares a band; beyond, most do.
+    bands: Literal[8, 16, 32] = 16
+    #: At most this many candidate media are compared per look-up (the ones sharing the most bands).
+    max_candidates: int = Field(default=64, ge=1)
+    #: Hash lists (`dfmod hashlist import`): off; annotate (the verdict's `match`, the media still scored);
+    #: decide (a match is answered with the list's label, no detection or inference).
+    lists: Literal["off", "annotate", "decide"] = "annotate"
+
+
 class WorkerSettings(BaseSettings):
     """Top-level settings of `dfmod worker` (and of `dfmod scan` for the stages they share)."""
 
@@ -275,6 +302,7 @@ class WorkerSettings(BaseSettings):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     triton: TritonSettings = Field(default_factory=TritonSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    near_duplicate: NearDuplicateSettings = Field(default_factory=NearDuplicateSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
 
     #: Events taken from Kafka and not yet answered; above it the consumer pauses its partitions

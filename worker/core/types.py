@@ -12,6 +12,7 @@ import numpy.typing as npt
 from worker.core.settings import Sampling
 
 RGBImage = npt.NDArray[np.uint8]  # H x W x 3, RGB, uint8
+LumaPlane = npt.NDArray[np.uint8]  # H x W, the decoder's Y
 
 #: How a video's frames were chosen (DecodeSettings.sampling): the exact evenly spaced frames, or keyframes.
 
@@ -22,15 +23,21 @@ class Frame:
     Its pixels are either an RGB array or a `convert` that makes one: decoded video frames stay in the
     decoder's YUV 4:2:0 (half the bytes of RGB) until a stage reads `rgb`, and each read converts again, so
     a stage reads it once. Holding 32 RGB frames per item was the bulk of a worker's memory (1080p: 200 MB).
+    `luma`, where the decoder has one, reads its Y plane without converting (the perceptual hash needs only that).
     """
 
-    __slots__ = ("_convert", "_rgb", "index", "time_s")
+    __slots__ = ("_convert", "_luma", "_rgb", "index", "time_s")
 
     def __init__(self, index: int, time_s: float, rgb: RGBImage | None = None,
-                 convert: Callable[[], RGBImage] | None = None) -> None:
+                 convert: Callable[[], RGBImage] | None = None,
+                 luma: Callable[[], LumaPlane | None] | None = None) -> None:
         if (rgb is None) == (convert is None):
             raise ValueError("a Frame takes either rgb or convert")
-        self.index, self.time_s, self._rgb, self._convert = index, time_s, rgb, convert
+        self.index, self.time_s, self._rgb, self._convert, self._luma = index, time_s, rgb, convert, luma
+
+    def luma_plane(self) -> LumaPlane | None:
+        """The decoder's 8-bit luma (H x W, a view of its buffer) without an RGB conversion, where it has one."""
+        return self._luma() if self._luma is not None else None
 
     @property
     def rgb(self) -> RGBImage:

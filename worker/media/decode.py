@@ -42,7 +42,7 @@ import numpy as np
 
 from worker.core.errors import ErrorCode, MediaError
 from worker.core.settings import DecodeSettings
-from worker.core.types import DecodedMedia, Frame, RGBImage, Sampling
+from worker.core.types import DecodedMedia, Frame, LumaPlane, RGBImage, Sampling
 from worker.media.frame_times import even_indices, even_times
 from worker.media.image_header import check_image_header, sniff_container
 from worker.media.keyframe_seek import PacketIndex, SeekUnreliable, decode_ranks, keyframe_ranks, scan_packets
@@ -198,7 +198,8 @@ def _decode(
         # the others stay in the decoder's pixels until the faces stage reads them (`Frame`).
         first = picks[0]
         frames = [Frame(first.index, first.time_s, rgb=_rgb(first.frame))]
-        frames += [Frame(p.index, p.time_s, convert=_converter(p.frame)) for p in picks[1:]]
+        frames += [Frame(p.index, p.time_s, convert=_converter(p.frame), luma=_luma_reader(p.frame))
+                   for p in picks[1:]]
     # Stopped at the last wanted frame: trust the header. Ran to the end of the stream: we counted.
     frame_count = (count or _estimate(duration, rate) or decoded) if selector.done else decoded
     kind: Literal["image", "video"] = "image" if still or frame_count == 1 else "video"
@@ -276,6 +277,22 @@ def _rgb(frame: av.VideoFrame | None) -> RGBImage:
 def _converter(frame: av.VideoFrame | None) -> Callable[[], RGBImage]:
     """The frame's RGB conversion, deferred: until then the frame keeps only the decoder's buffers."""
     return lambda: _rgb(frame)
+
+
+#: Decoder pixel formats whose first plane is 8-bit luma, one byte per pixel.
+_LUMA_FIRST = frozenset({"gray", "yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "yuv440p",
+                         "yuvj440p", "yuv411p", "yuv410p", "nv12", "nv21", "yuva420p"})
+
+
+def _luma_reader(frame: av.VideoFrame | None) -> Callable[[], LumaPlane | None]:
+    """The frame's Y plane as a view (no conversion); None for other pixel formats (then luma comes from RGB)."""
+    def read() -> LumaPlane | None:
+        if frame is None or frame.format.name not in _LUMA_FIRST:
+            return None
+        plane = frame.planes[0]
+        rows = np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height, plane.line_size)  # type: ignore[arg-type]
+        return rows[:, : plane.width]
+    return read
 
 
 def _plan(n: int, count: int, duration: float, rate: Fraction | None) -> _Selector:

@@ -34,6 +34,15 @@ FACES_IN_FLIGHT = Gauge(
 )
 PAUSED = Gauge("dfmod_paused", "1 while the consumer has paused its partitions for backpressure")
 CACHE = Counter("dfmod_cache_requests_total", "Verdict cache look-ups", ["result"])
+NEAR_DUPLICATES = Counter(
+    "dfmod_near_duplicates_total",
+    "Near-duplicate look-ups, by outcome: answered (earlier verdict reused), tagged (match reported, scored), miss",
+    ["outcome"],
+)
+HASH_LIST_MATCHES = Counter(
+    "dfmod_hash_list_matches_total", "Media matching an operator's hash list, by the list's label and the mode",
+    ["label", "mode"],
+)
 CACHE_AVAILABLE = Gauge("dfmod_cache_available",
                         "1 while Redis answered the last look-up, 0 while it fails (refused credentials or TLS, "
                         "down): verdicts are then scored uncached")

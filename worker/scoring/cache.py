@@ -26,7 +26,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from worker.core.contracts import ModelInfo
 from worker.core.retry import Breaker
@@ -34,6 +34,7 @@ from worker.core.settings import CacheSettings
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 KEY_SCHEMA_VERSION = 2
 
@@ -195,6 +196,19 @@ class VerdictCache:
             self._failed("SET", exc)
             return
         self._succeeded()
+
+    def call(self, op: str, fn: Callable[[Any], T]) -> T | None:
+        """`fn(redis client)` under this cache's timeouts and breaker (for the near-duplicate index, which
+        shares both: one outage, one warning); None when disabled, skipped or failed. Never raises."""
+        if not self._available():
+            return None
+        try:
+            result = fn(self._client)
+        except Exception as exc:
+            self._failed(op, exc)
+            return None
+        self._succeeded()
+        return result
 
     def close(self) -> None:
         if self._client is not None:

@@ -1,8 +1,8 @@
 """The scoring engine: the parts behind a verdict, built in one place and closed in reverse order.
 
-backend -> contract check -> micro-batcher -> cache -> pipeline. `dfmod worker` and `dfmod scan` both get
-their pipeline here, so they cannot drift apart in how the parts are wired; only the backend (Triton or
-ONNX Runtime) and whether a cache is attached differ.
+backend -> contract check -> micro-batcher -> cache (and the near-duplicate index on it) -> pipeline.
+`dfmod worker` and `dfmod scan` both get their pipeline here, so they cannot drift apart in how the parts
+are wired; only the backend (Triton or ONNX Runtime) and whether a cache is attached differ.
 """
 
 from __future__ import annotations
@@ -15,11 +15,14 @@ from worker.core.model_config import check_preprocessing
 from worker.core.retry import Breaker
 from worker.core.settings import WorkerSettings
 from worker.core.types import FaceDetector
+from worker.core.version import pipeline_version
 from worker.infer.base import InferenceBackend
 from worker.infer.batcher import BatchHook, MicroBatcher
 from worker.obs import metrics
 from worker.scoring.budget import Budget
 from worker.scoring.cache import VerdictCache
+from worker.scoring.hashlist import HashLists
+from worker.scoring.neardup import NearDuplicateIndex
 from worker.scoring.pipeline import MediaPipeline
 
 log = logging.getLogger(__name__)
@@ -65,10 +68,20 @@ class Engine:
             VerdictCache(settings.cache, on_event=_record_cache)
             if use_cache else None
         )
+        self.near_index = (
+            NearDuplicateIndex.for_model(self.cache, settings.near_duplicate, self.model,
+                                         pipeline_version(settings.decode.sampling))
+            if self.cache is not None and self.cache.enabled and settings.near_duplicate.mode != "off" else None
+        )
+        self.hash_lists = (
+            HashLists(self.cache, settings.near_duplicate)
+            if self.cache is not None and self.cache.enabled and settings.near_duplicate.lists != "off" else None
+        )
         self.pipeline = MediaPipeline(
             settings, self.batcher, self.model, self.cache, detector=detector,
             breaker=self.breaker, budget=Budget(settings.max_in_flight_bytes, "bytes"),
-            face_budget=Budget(settings.max_faces_in_flight, "faces"),
+            face_budget=Budget(settings.max_faces_in_flight, "faces"), near_index=self.near_index,
+            hash_lists=self.hash_lists,
         )
 
     def close(self) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from worker.core.contracts import ErrorInfo, MediaData, ModelInfo, VerdictData
+from worker.core.contracts import ErrorInfo, FrameHash, ListMatch, MediaData, ModelInfo, NearDuplicate, VerdictData
 from worker.core.errors import ErrorCode, MediaError, status_for
 from worker.core.futures import settle
 from worker.core.retry import Backoff, Breaker
@@ -41,6 +41,9 @@ from worker.obs import metrics
 from worker.scoring.aggregate import aggregate
 from worker.scoring.budget import Budget, BudgetClosed
 from worker.scoring.cache import VerdictCache, cache_key
+from worker.scoring.hashlist import HashLists
+from worker.scoring.neardup import NearDuplicateIndex
+from worker.scoring.similar import MediaHashes, hash_frames
 from worker.scoring.timers import TimerHandle, TimerQueue
 
 log = logging.getLogger(__name__)
@@ -99,6 +102,10 @@ class _Scoring:
     frames: int
     faces: np.ndarray  # the crops stacked (N, 224, 224, 3); each crop's `.crop` is a view into it
     sampling: Sampling = "exact"
+    phash: list[FrameHash] = field(default_factory=list)
+    hashes: MediaHashes | None = None
+    near: NearDuplicate | None = None
+    listed: ListMatch | None = None
 
 
 class MediaPipeline:
@@ -119,6 +126,8 @@ class MediaPipeline:
         breaker: Breaker | None = None,
         budget: Budget | None = None,
         face_budget: Budget | None = None,
+        near_index: NearDuplicateIndex | None = None,
+        hash_lists: HashLists | None = None,
     ) -> None:
         self.settings = settings
         #: in verdicts and cache keys: approximate sampling (DecodeSettings.sampling) must not share exact verdicts
@@ -129,6 +138,8 @@ class MediaPipeline:
         self.breaker = breaker or Breaker("inference")
         self.budget = budget or Budget(settings.max_in_flight_bytes, "bytes")
         self.face_budget = face_budget or Budget(settings.max_faces_in_flight, "faces")
+        self.near_index = near_index
+        self.hash_lists = hash_lists
         self._faces = detector  # built on first use: create_detector's detector is already one per thread
         self._faces_lock = threading.Lock()
         self._leaders: dict[str, Future[VerdictData]] = {}
@@ -223,21 +234,81 @@ class MediaPipeline:
                 media = decode_media(blob, self.settings.decode, item.data.content_type)
             self._check_deadline(item, "decode")
             frames, sampling = len(media.frames), media.sampling
+            with self._stage(item.timer, "phash"):  # from the decoder's luma: no RGB conversion, no second decode
+                phash, hashes = hash_frames(media.frames)
+            listed, decided = self._hash_list(item, leader, phash, hashes, frames, sampling)
+            if decided:
+                return None
+            near = self._near_duplicate(item, key, leader, phash, hashes, listed)
+            if near is not None and near.answered:
+                return None
             with self._stage(item.timer, "faces"):  # each frame is freed once detected (`drain`)
                 extracted = extract_faces_counted(drain(media.frames), self._detector(), self.settings.faces)
             self._check_deadline(item, "faces")
         del media, blob  # only the crops travel on
         if not extracted.crops:
             empty = np.zeros((0, *self.batcher.crop_shape), np.uint8)
-            self._verdict(_Scoring(item, key, leader, extracted, frames, empty, sampling),
-                          np.zeros((0,), np.float32))
+            self._verdict(_Scoring(item, key, leader, extracted, frames, empty, sampling, phash, hashes, near,
+                                   listed), np.zeros((0,), np.float32))
             return None
         faces = np.stack([c.crop for c in extracted.crops])
         crops = [replace(c, crop=faces[i]) for i, c in enumerate(extracted.crops)]  # one copy of the pixels
-        scoring = _Scoring(item, key, leader, replace(extracted, crops=crops), frames, faces, sampling)
+        scoring = _Scoring(item, key, leader, replace(extracted, crops=crops), frames, faces, sampling,
+                           phash, hashes, near, listed)
         item.hold(self.face_budget, len(extracted.crops))
         metrics.FACES_IN_FLIGHT.set(self.face_budget.used)
         return scoring
+
+    def _hash_list(self, item: _Item, leader: Future[VerdictData], phash: list[FrameHash],
+                   hashes: MediaHashes | None, frames: int, sampling: Sampling) -> tuple[ListMatch | None, bool]:
+        """The hash-list entry this media matches, and whether the item was answered with its label
+        (`lists: decide`). Such an answer is never cached: the list may change."""
+        mode = self.settings.near_duplicate.lists
+        if self.hash_lists is None or hashes is None or mode == "off":
+            return None, False
+        with self._stage(item.timer, "hash_list"):
+            listed = self.hash_lists.lookup(hashes)
+        if listed is None:
+            return None, False
+        metrics.HASH_LIST_MATCHES.labels(listed.label, mode).inc()
+        if mode != "decide":
+            return listed, False
+        verdict = VerdictData(
+            status="ok", label=listed.label, threshold=self.model.threshold, frames_sampled=frames,
+            sampling=sampling, media_sha256=item.media_sha, model=self.model, pipeline_version=self.pipeline_version,
+            timings_ms=item.timer.timings_ms, phash=phash, match=listed)
+        assert item.media_sha is not None
+        self._leader_done(item.media_sha, leader, result=verdict)
+        self._answer(item, verdict)
+        return listed, True
+
+    def _near_duplicate(self, item: _Item, key: str, leader: Future[VerdictData], phash: list[FrameHash],
+                        hashes: MediaHashes | None, listed: ListMatch | None) -> NearDuplicate | None:
+        """The earlier-judged media this one matches; in mode `on` the item is answered with its verdict
+        (`answered`), unless that verdict has left the cache. None: no match, no index, or Redis unavailable."""
+        if self.near_index is None or hashes is None:
+            return None
+        with self._stage(item.timer, "near_duplicate"):
+            near = self.near_index.lookup(hashes, exclude=item.media_sha)
+        if near is None:
+            metrics.NEAR_DUPLICATES.labels("miss").inc()
+            return None
+        if self.settings.near_duplicate.mode == "on" and self.cache is not None:
+            earlier = self.cache.get(cache_key(near.media_sha256, self.model, self.pipeline_version,
+                                               self.settings.cache.key_prefix))
+            if earlier is not None:
+                near = near.model_copy(update={"answered": True})
+                verdict = VerdictData.model_validate({
+                    **earlier, "media_sha256": item.media_sha, "phash": phash, "near_duplicate": near,
+                    "match": listed, "cached": True, "timings_ms": item.timer.timings_ms})
+                assert item.media_sha is not None
+                self._leader_done(item.media_sha, leader, result=verdict)
+                self.cache.set(key, verdict.model_dump(mode="json", exclude={"cached", "timings_ms"}))
+                metrics.NEAR_DUPLICATES.labels("answered").inc()
+                self._answer(item, verdict)
+                return near
+        metrics.NEAR_DUPLICATES.labels("tagged").inc()
+        return near
 
     def _follow(self, item: _Item, leader: Future[VerdictData], since: float) -> None:
         item.timer.add("coalesced", (time.perf_counter() - since) * 1000.0)
@@ -317,12 +388,17 @@ class MediaPipeline:
             pipeline_version=self.pipeline_version,
             cached=False,
             timings_ms=item.timer.timings_ms,
+            phash=scoring.phash,
+            near_duplicate=scoring.near,
+            match=scoring.listed,
         )
         assert item.media_sha is not None
         self._leader_done(item.media_sha, scoring.leader, result=verdict)
         if self.cache is not None and verdict.status in ("ok", "no_face"):
             with self._stage(item.timer, "cache_set"):
                 self.cache.set(scoring.key, verdict.model_dump(mode="json", exclude={"cached", "timings_ms"}))
+                if self.near_index is not None and scoring.hashes is not None:
+                    self.near_index.add(item.media_sha, scoring.hashes)
             verdict.timings_ms = dict(item.timer.timings_ms)
         self._answer(item, verdict)
 
@@ -408,7 +484,6 @@ class MediaPipeline:
             code, message, self.model, pipeline_version=self.pipeline_version, media_sha=media_sha,
             timings_ms=timer.timings_ms,
         )
-
 
 
 def failure_verdict(

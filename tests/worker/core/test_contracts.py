@@ -10,7 +10,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from worker.core.contracts import ErrorInfo, MediaData, MediaEvent, Verdict, VerdictData
+from worker.core.contracts import ErrorInfo, FrameHash, MediaData, MediaEvent, NearDuplicate, Verdict, VerdictData
 from worker.core.errors import REJECTED_CODES, ErrorCode, status_for
 from worker.core.settings import WorkerSettings
 
@@ -76,3 +76,14 @@ def test_error_messages_that_quote_the_input_always_serialise() -> None:
     doc = json.loads(verdict.model_dump_json())
     message = doc["data"]["error"]["message"]
     assert "\\ud800" in message and "\\x07" in message and message.isprintable() and len(message) < 520
+
+
+def test_perceptual_hashes_and_near_duplicates_round_trip_and_old_verdicts_still_read() -> None:
+    data = VerdictData(status="ok", phash=[FrameHash(frame_index=3, time_s=0.2, pdq="ab" * 32, quality=87)],
+                       near_duplicate=NearDuplicate(media_sha256="cd" * 32, distance=12, answered=True))
+    back = VerdictData.model_validate_json(data.model_dump_json())
+    assert back == data and back.phash[0].pdq == "ab" * 32 and back.near_duplicate is not None
+    assert back.near_duplicate.match_pct == 100.0 and not back.near_duplicate.mirrored
+    cached_before = {"status": "ok", "label": "real", "score": 0.1, "media_sha256": "ef" * 32}  # no hash fields
+    old = VerdictData.model_validate(cached_before)
+    assert old.phash == [] and old.near_duplicate is None
