@@ -44,16 +44,19 @@ ensure_jars() {
 }
 
 write_configs() {
-    local dir="$1"
+    local dir="$1" secured_listeners=""
+    if [[ "$STACK_TLS" == 1 ]]; then
+        secured_listeners=",SASL_SSL://127.0.0.1:$KAFKA_SASL_PORT,SSL://127.0.0.1:$KAFKA_SSL_PORT"
+    fi
     cat >"$dir/server.properties" <<EOF
 # Written by deploy/local/kafka.sh at every start; edit the script, not this file.
 process.roles=broker,controller
 node.id=1
 # Dynamic quorum (KIP-853), bootstrapped by \`StorageTool format --standalone\`.
 controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT$secured_listeners
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT$secured_listeners
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$dir/data
@@ -75,6 +78,24 @@ num.partitions=1
 auto.create.topics.enable=true
 log.retention.hours=24
 EOF
+    if [[ "$STACK_TLS" == 1 ]]; then
+        # Secured mode: SCRAM-SHA-512 over TLS, and TLS with client certificates, behind the StandardAuthorizer.
+        # PLAINTEXT stays on 127.0.0.1 for the stack's own administration (topics, ACLs, test producers): its
+        # ANONYMOUS principal, like the controller's, is a super user. Workers use the secured listeners.
+        cat >>"$dir/server.properties" <<EOF
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+super.users=User:ANONYMOUS
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PEM
+ssl.keystore.location=$TLS_DIR/server-keystore.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS_DIR/ca.crt
+listener.name.ssl.ssl.client.auth=required
+ssl.principal.mapping.rules=RULE:^CN=([^,]+)\$/\$1/,DEFAULT
+EOF
+    fi
     cat >"$dir/log4j2.properties" <<'EOF'
 # Kafka 4 logs through log4j2 (via slf4j); one console appender, which kafka.sh sends to kafka/log.
 status = warn
@@ -103,7 +124,7 @@ random_cluster_id() {
 # so a changed controller port means a fresh log (this is a dev stack: the data is disposable).
 ensure_formatted() {
     local dir="$1" stamp="$1/formatted-for" want cid
-    want="controller=127.0.0.1:$KAFKA_CONTROLLER_PORT version=$KAFKA_VERSION"
+    want="controller=127.0.0.1:$KAFKA_CONTROLLER_PORT version=$KAFKA_VERSION secured=$STACK_TLS"
     if [[ -f "$dir/data/meta.properties" && "$(cat "$stamp" 2>/dev/null)" == "$want" ]]; then
         return 0
     fi
@@ -112,10 +133,14 @@ ensure_formatted() {
     fi
     rm -rf "$dir/data"
     cid="$(random_cluster_id)"
+    local -a scram=()
+    if [[ "$STACK_TLS" == 1 ]]; then  # the worker's SCRAM user, in the metadata log from the start
+        scram=(--add-scram "SCRAM-SHA-512=[name=$KAFKA_USER,password=$(<"$TLS_DIR/kafka-password")]")
+    fi
     log "formatting storage (cluster id $cid)"
     timeout 120 java -Xmx256m -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$KAFKA_LIBS/*" \
         kafka.tools.StorageTool format --cluster-id "$cid" --config "$dir/server.properties" --standalone \
-        >>"$dir/log" 2>&1 || die "storage format failed; log tail:$(log_tail kafka)"
+        "${scram[@]}" >>"$dir/log" 2>&1 || die "storage format failed; log tail:$(log_tail kafka)"
     printf '%s\n' "$cid" >"$dir/cluster.id"
     printf '%s\n' "$want" >"$stamp"
 }
@@ -133,6 +158,13 @@ ensure_topics() {
         "media.events.retry:${KAFKA_EVENTS_PARTITIONS:-4}" >"$dir/topics.out" 2>&1 \
         || die "topic creation failed:$(sed 's/^/    | /' "$dir/topics.out")$(log_tail kafka 20)"
     sed 's/^/    /' "$dir/topics.out" >&2
+    if [[ "$STACK_TLS" == 1 ]]; then
+        timeout 120 java -Xmx128m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -cp "$KAFKA_LIBS/*" \
+            "$LOCAL_DIR/kafka/EnsureAcls.java" "127.0.0.1:$KAFKA_PORT" "User:$KAFKA_USER,User:$KAFKA_CERT_USER" \
+            dfmod-worker media.events,media.events.retry media.verdicts,media.events.dlq,media.events.retry \
+            >"$dir/acls.out" 2>&1 || die "ACL creation failed:$(sed 's/^/    | /' "$dir/acls.out")"
+        sed 's/^/    /' "$dir/acls.out" >&2
+    fi
     touch "$dir/topics.ok"
     log "topics ready in $((SECONDS - t0))s"
 }
@@ -141,7 +173,7 @@ kafka_up() {
     local dir pid
     dir="$(svc_dir kafka)"
     if pid="$(svc_pid kafka)"; then
-        svc_check_config kafka "$(svc_config KAFKA_PORT KAFKA_CONTROLLER_PORT KAFKA_VERSION)"
+        svc_check_config kafka "$(svc_config KAFKA_PORT KAFKA_CONTROLLER_PORT KAFKA_VERSION STACK_TLS)"
         if ! kafka_answers; then
             log "pid $pid alive but not answering yet: waiting"
             svc_wait_ready kafka "${KAFKA_START_TIMEOUT:-120}" "listener on 127.0.0.1:$KAFKA_PORT" kafka_answers
@@ -152,7 +184,8 @@ kafka_up() {
     fi
     local t0=$SECONDS
     ensure_jars
-    require_free_ports "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"
+    ensure_tls_material
+    require_free_ports "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" ${KAFKA_SASL_PORT:-} ${KAFKA_SSL_PORT:-}
     mkdir -p "$dir"
     write_configs "$dir"
     ensure_formatted "$dir"
@@ -163,7 +196,7 @@ kafka_up() {
         -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
         -Dlog4j2.configurationFile="$dir/log4j2.properties" -Dkafka.logs.dir="$dir" \
         -cp "$KAFKA_LIBS/*" kafka.Kafka "$dir/server.properties"
-    svc_record_config kafka "$(svc_config KAFKA_PORT KAFKA_CONTROLLER_PORT KAFKA_VERSION)"
+    svc_record_config kafka "$(svc_config KAFKA_PORT KAFKA_CONTROLLER_PORT KAFKA_VERSION STACK_TLS)"
     svc_wait_ready kafka "${KAFKA_START_TIMEOUT:-120}" "listener on 127.0.0.1:$KAFKA_PORT" kafka_answers
     log "listening after $((SECONDS - t1))s (pid $LAUNCHED_PID)"
     ensure_topics "$dir"
@@ -176,6 +209,10 @@ main() {
             take_lock
             KAFKA_PORT="$(resolve_port KAFKA_PORT)"
             KAFKA_CONTROLLER_PORT="$(resolve_port KAFKA_CONTROLLER_PORT)"
+            if [[ "$STACK_TLS" == 1 ]]; then
+                KAFKA_SASL_PORT="$(resolve_port KAFKA_SASL_PORT)"
+                KAFKA_SSL_PORT="$(resolve_port KAFKA_SSL_PORT)"
+            fi
             kafka_up
             ;;
         down) take_lock; svc_stop kafka "${KAFKA_STOP_TIMEOUT:-30}" ;;

@@ -75,7 +75,8 @@ peek_port() {
 # Resolve every port of the stack and export it, so child scripts see the same values.
 resolve_all_ports() {
     local name
-    for name in KAFKA_PORT KAFKA_CONTROLLER_PORT REDIS_PORT TRITON_HTTP_PORT TRITON_GRPC_PORT TRITON_METRICS_PORT; do
+    for name in KAFKA_PORT KAFKA_CONTROLLER_PORT REDIS_PORT TRITON_HTTP_PORT TRITON_GRPC_PORT TRITON_METRICS_PORT \
+        $(secured_ports); do
         printf -v "$name" '%s' "$(resolve_port "$name")"
         export "${name?}"
     done
@@ -91,10 +92,13 @@ TLS_DIR="$STACK_DIR/tls"
 STACK_TLS="${DFMOD_STACK_TLS:-0}"
 if [[ "$STACK_TLS" == 0 && -e "$STACK_DIR/tls/enabled" ]]; then STACK_TLS=1; fi  # the stack dir remembers
 REDIS_USER=dfmod
+KAFKA_USER=dfmod-worker  # SCRAM-SHA-512 on the SASL_SSL listener; the client certificate's CN on the SSL one
+KAFKA_CERT_USER=dfmod-client
+secured_ports() { [[ "$STACK_TLS" == 1 ]] && echo KAFKA_SASL_PORT KAFKA_SSL_PORT; return 0; }
 
 ensure_tls_material() {
     [[ "$STACK_TLS" == 1 ]] || return 0
-    if [[ -s "$TLS_DIR/server.crt" && -s "$TLS_DIR/client.crt" && -s "$TLS_DIR/redis-password" ]]; then
+    if [[ -s "$TLS_DIR/server.crt" && -s "$TLS_DIR/client.crt" && -s "$TLS_DIR/kafka-password" ]]; then
         : >"$TLS_DIR/enabled"
         return 0
     fi
@@ -113,14 +117,18 @@ ensure_tls_material() {
             -days 30 -extfile "$d/$name.ext" -out "$d/$name.crt" 2>/dev/null || die "openssl: $name certificate"
     done
     timeout 10 openssl rand -hex 24 >"$d/redis-password"
-    chmod 600 "$d"/*.key "$d/redis-password"
+    timeout 10 openssl rand -hex 24 >"$d/kafka-password"
+    # Kafka reads PEM key stores: the key (PKCS#8, unencrypted) and its certificate chain in one file.
+    cat "$d/server.key" "$d/server.crt" >"$d/server-keystore.pem"
+    chmod 600 "$d"/*.key "$d/redis-password" "$d/kafka-password" "$d/server-keystore.pem"
     : >"$d/enabled"
     log "secured mode: a throwaway CA and certificates in $d"
 }
 
 write_env_file() {
     local name
-    for name in KAFKA_PORT KAFKA_CONTROLLER_PORT REDIS_PORT TRITON_HTTP_PORT TRITON_GRPC_PORT TRITON_METRICS_PORT; do
+    for name in KAFKA_PORT KAFKA_CONTROLLER_PORT REDIS_PORT TRITON_HTTP_PORT TRITON_GRPC_PORT TRITON_METRICS_PORT \
+        $(secured_ports); do
         if [[ -s "$STACK_DIR/ports/$name" ]]; then
             printf -v "$name" '%s' "$(<"$STACK_DIR/ports/$name")"
         else
@@ -153,6 +161,16 @@ DFMOD_CACHE__PASSWORD=$(<"$TLS_DIR/redis-password")
 DFMOD_CACHE__TLS_CA_FILE=$TLS_DIR/ca.crt
 DFMOD_TRITON__TLS=true
 DFMOD_TRITON__TLS_CA_FILE=$TLS_DIR/ca.crt
+DFMOD_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_SASL_PORT
+DFMOD_KAFKA__SECURITY_PROTOCOL=SASL_SSL
+DFMOD_KAFKA__SASL_MECHANISM=SCRAM-SHA-512
+DFMOD_KAFKA__SASL_USERNAME=$KAFKA_USER
+DFMOD_KAFKA__SASL_PASSWORD=$(<"$TLS_DIR/kafka-password")
+DFMOD_KAFKA__SSL_CAFILE=$TLS_DIR/ca.crt
+# The SSL listener (mutual TLS, principal $KAFKA_CERT_USER) and the stack's own PLAINTEXT admin listener.
+KAFKA_SASL_PORT=$KAFKA_SASL_PORT
+KAFKA_SSL_PORT=$KAFKA_SSL_PORT
+KAFKA_ADMIN_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
 DFMOD_STACK_TLS_DIR=$TLS_DIR
 EOF
     fi

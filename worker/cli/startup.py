@@ -51,6 +51,7 @@ class Failure(IntEnum):
     MODEL_NOT_READY = 13
     MODEL_INCOMPATIBLE = 14
     KAFKA_UNREACHABLE = 15
+    KAFKA_REFUSED = 16
 
 
 class StartupError(Exception):
@@ -271,13 +272,26 @@ def check_kafka(settings: KafkaSettings, beat: Beat = _no_beat) -> None:
     log.info("waiting for Kafka", extra={"check": "kafka", "bootstrap_servers": settings.bootstrap_servers,
                                          "timeout_s": timeout})
     beat()
+    refusal = _RefusalSeen()
+    kafka_log = logging.getLogger("kafka")
+    kafka_log.addHandler(refusal)
     try:
         consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, bootstrap_timeout_ms=int(timeout * 1000),
                                  **connection_config(settings))
     except Exception as exc:
+        # kafka-python retries a refused handshake until the bootstrap times out and raises only that; the
+        # refusal itself (SASL, certificate) is in its connection log: that is the reason a person needs.
+        if refusal.reason:
+            raise StartupError(Failure.KAFKA_REFUSED,
+                               f"{_kafka_who(settings)} was refused: {refusal.reason} "
+                               f"({_credentials_hint(settings)})") from exc
+        tls = ("; over TLS, also DFMOD_KAFKA__SSL_CAFILE: a broker certificate the worker does not trust looks "
+               "like no answer" if "SSL" in settings.security_protocol else "")
         raise StartupError(Failure.KAFKA_UNREACHABLE,
                            f"Kafka at {settings.bootstrap_servers} did not answer within {timeout:g} s: "
-                           f"{_short(exc)} (check DFMOD_KAFKA__BOOTSTRAP_SERVERS)") from exc
+                           f"{_short(exc)} (check DFMOD_KAFKA__BOOTSTRAP_SERVERS{tls})") from exc
+    finally:
+        kafka_log.removeHandler(refusal)
     try:
         beat()
         available = consumer.topics()
@@ -291,11 +305,116 @@ def check_kafka(settings: KafkaSettings, beat: Beat = _no_beat) -> None:
     wanted = {"EVENTS_TOPIC": settings.events_topic, "VERDICTS_TOPIC": settings.verdicts_topic,
               "RETRY_TOPIC": settings.retry_topic, "DLQ_TOPIC": settings.dlq_topic}
     missing = {name: topic for name, topic in wanted.items() if topic not in available}
+    if missing and settings.security_protocol != "PLAINTEXT":
+        check_kafka_grants(settings)  # under ACLs a topic it may not describe looks missing: say which grant lacks
     if missing:
         names = " / ".join(f"DFMOD_KAFKA__{name}" for name in missing)
         raise StartupError(Failure.KAFKA_UNREACHABLE,
                            f"Kafka at {settings.bootstrap_servers} has no topic {', '.join(missing.values())} "
                            f"(create it, or check {names})")
+    if settings.security_protocol != "PLAINTEXT":
+        check_kafka_grants(settings)
+
+
+#: Kafka's AclOperation codes (org.apache.kafka.common.acl.AclOperation): ALL grants every one.
+_ACL_CODES = {"ALL": 2, "READ": 3, "WRITE": 4, "DESCRIBE": 8}
+_TOPIC_AUTHORIZATION_FAILED, _GROUP_AUTHORIZATION_FAILED = 29, 30
+
+
+def _kafka_who(settings: KafkaSettings) -> str:
+    """The listener and principal a refusal concerns, for the one line (never a secret)."""
+    if settings.security_protocol.startswith("SASL"):
+        principal = f"User:{settings.sasl_username}"
+    elif settings.ssl_certfile:
+        principal = f"the principal of the client certificate {settings.ssl_certfile}"
+    else:
+        principal = "User:ANONYMOUS"
+    return f"Kafka at {settings.bootstrap_servers} ({settings.security_protocol}, {principal})"
+
+
+class _RefusalSeen(logging.Handler):
+    """Keeps the last SASL or TLS refusal kafka-python logs while it bootstraps (its errors carry no secret)."""
+
+    MARKS = ("SaslAuthenticationFailed", "CERTIFICATE_VERIFY_FAILED", "SSLError", "TLSV1_ALERT", "Handshake failed")
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.reason = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if any(mark in text for mark in self.MARKS):
+            self.reason = text.split("Connection lost: ")[-1].split("Connection failed: ")[-1][:300]
+
+
+def _credentials_hint(settings: KafkaSettings) -> str:
+    if settings.security_protocol.startswith("SASL"):
+        return ("check DFMOD_KAFKA__SASL_USERNAME / _SASL_PASSWORD / _SASL_MECHANISM, and DFMOD_KAFKA__SSL_CAFILE "
+                "for the broker's certificate")
+    return "check DFMOD_KAFKA__SSL_CAFILE and the client certificate DFMOD_KAFKA__SSL_CERTFILE / _SSL_KEYFILE"
+
+
+def _allows(ops: Any, name: str) -> bool:
+    """Whether an authorized-operations answer (Metadata, DescribeGroups) grants `name`: a bit field of Kafka's
+    AclOperation codes, or the operations' names as kafka-python decodes some of them."""
+    if ops is None or (isinstance(ops, int) and ops < 0):  # the broker did not say: the first use will tell
+        return True
+    if isinstance(ops, int):
+        return bool(ops & (1 << _ACL_CODES[name]) or ops & (1 << _ACL_CODES["ALL"]))
+    names = {str(getattr(op, "name", op)).upper() for op in ops}
+    return name in names or "ALL" in names
+
+
+def check_kafka_grants(settings: KafkaSettings) -> None:
+    """Under ACLs: READ on the topics the worker consumes, WRITE on those it publishes to, READ on its group.
+
+    Asked of the broker (authorized operations in Metadata and DescribeGroups), so a missing grant ends
+    start-up with the grant to add instead of surfacing as a stuck consumer or a failed send later."""
+    from kafka.admin import KafkaAdminClient
+
+    from worker.stream.kafka_config import connection_config
+
+    needs = {settings.events_topic: ["READ"], settings.retry_topic: ["READ", "WRITE"],
+             settings.verdicts_topic: ["WRITE"], settings.dlq_topic: ["WRITE"]}
+    from kafka import errors as kafka_errors
+
+    admin = KafkaAdminClient(request_timeout_ms=10_000, **connection_config(settings))
+    group: dict[str, Any] | None = {}
+    try:
+        topics = {t["name"]: t for t in admin.describe_topics(list(needs))}
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                group = admin.describe_groups([settings.group_id], include_authorized_operations=True).get(
+                    settings.group_id, {})
+                break
+            except kafka_errors.GroupAuthorizationFailedError:
+                group = None
+                break
+            except (kafka_errors.CoordinatorNotAvailableError, kafka_errors.NotCoordinatorError):
+                # A new cluster creates its offsets topic on the first look-up: ask again, then let the first
+                # join tell (the group grant cannot be read without a coordinator).
+                if time.monotonic() > deadline:
+                    group = {}
+                    break
+                time.sleep(0.5)
+    finally:
+        admin.close()
+    lacking = []
+    for topic, ops in needs.items():
+        meta = topics.get(topic, {})
+        granted = meta.get("topic_authorized_operations")
+        if meta.get("error_code") == _TOPIC_AUTHORIZATION_FAILED:
+            lacking += [f"{op} (and DESCRIBE) on topic {topic}" for op in ops]
+        else:
+            lacking += [f"{op} on topic {topic}" for op in ops if not _allows(granted, op)]
+    if group is None or group.get("error_code") == _GROUP_AUTHORIZATION_FAILED or not _allows(
+            group.get("authorized_operations"), "READ"):
+        lacking.append(f"READ on group {settings.group_id}")
+    if lacking:
+        raise StartupError(Failure.KAFKA_REFUSED,
+                           f"{_kafka_who(settings)} is not allowed {'; '.join(lacking)} "
+                           "(grant it with kafka-acls.sh --add --allow-principal ...)")
 
 
 # -- Redis (optional: a refusal is reported, not fatal) ------------------------------------------------------
