@@ -30,7 +30,7 @@ SCHEMA_PATH = Path(__file__).resolve().parent / "dfmod" / "values.schema.json"
 CHART_OWNED: frozenset[str] = frozenset({
     "kafka.bootstrap_servers", "kafka.events_topic", "kafka.verdicts_topic", "kafka.dlq_topic",
     "kafka.retry_topic", "kafka.group_id", "kafka.group_instance_id", "kafka.security_protocol",
-    "kafka.sasl_mechanism", "kafka.sasl_username",
+    "kafka.sasl_mechanism", "kafka.sasl_username", "kafka.sasl_oauth_token_file",
     "kafka.ssl_cafile", "kafka.ssl_certfile", "kafka.ssl_keyfile",
     "cache.enabled", "cache.url", "cache.username", "cache.tls_ca_file", "cache.tls_cert_file", "cache.tls_key_file",
     "triton.tls", "triton.tls_ca_file", "triton.tls_cert_file", "triton.tls_key_file",
@@ -258,7 +258,8 @@ def values_schema() -> Schema:
                 "staticMembership": BOOL,
                 "securityProtocol": enum("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
                 "sasl": obj({
-                    "mechanism": enum("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+                    "mechanism": enum("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "AWS_MSK_IAM"),
+                    "oauthTokenFile": {"type": "string", "pattern": "^(/.*)?$"},
                     **secret_ref,
                     "usernameKey": SECRET_KEY,
                     "passwordKey": SECRET_KEY,

@@ -86,8 +86,11 @@ EOF
 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
 allow.everyone.if.no.acl.found=false
 super.users=User:ANONYMOUS
-sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.enabled.mechanisms=SCRAM-SHA-512,OAUTHBEARER
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+# OAUTHBEARER with Kafka's unsecured-JWS validator (unsigned tokens, principal = the "sub" claim): a dev stand-in
+# for an identity provider; production brokers validate signed tokens against the provider's JWKS.
+listener.name.sasl_ssl.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required unsecuredLoginStringClaim_sub="dfmod-broker";
 ssl.keystore.type=PEM
 ssl.keystore.location=$TLS_DIR/server-keystore.pem
 ssl.truststore.type=PEM

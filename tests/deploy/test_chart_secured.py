@@ -49,3 +49,13 @@ def test_plaintext_renders_no_tls_settings(tools: Tools) -> None:
 def test_secured_misconfigurations_fail_with_a_reason(tools: Tools) -> None:
     assert "set triton.tls.serverSecret" in template_fails(tools, "triton.tls.enabled=true")
     assert "set cache.tls.keyKey too" in template_fails(tools, "cache.tls.certKey=tls.crt")
+
+
+def test_oauthbearer_takes_a_token_file_and_no_password(tools: Tools) -> None:
+    sets = ("kafka.securityProtocol=SASL_SSL", "kafka.sasl.mechanism=OAUTHBEARER",
+            "kafka.sasl.oauthTokenFile=/var/run/secrets/kafka/token")
+    env = _env(one(parse(template(tools, False, *sets)), "Deployment", WORKER), "worker")
+    assert env["DFMOD_KAFKA__SASL_MECHANISM"]["value"] == "OAUTHBEARER"
+    assert env["DFMOD_KAFKA__SASL_OAUTH_TOKEN_FILE"]["value"] == "/var/run/secrets/kafka/token"
+    assert "DFMOD_KAFKA__SASL_PASSWORD" not in env and "DFMOD_KAFKA__SASL_USERNAME" not in env
+    assert "needs kafka.sasl.oauthTokenFile" in template_fails(tools, *sets[:2])

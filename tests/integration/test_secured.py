@@ -8,6 +8,8 @@ that deploy/local makes at start. Every refusal is sent for real: a wrong passwo
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -115,6 +117,34 @@ def test_mutual_tls_listener_with_the_client_certificate(secured: dict[str, str]
     produce(admin, "media.events", [event[1:]])
     verdict = {v["id"]: v["data"] for v in collect(admin, "media.verdicts", {event[0]}, timeout_s=60)}[event[0]]
     assert verdict["status"] == "ok"
+
+
+def _unsigned_jwt(path: Path, subject: str) -> Path:
+    """A token the stack's broker accepts (Kafka's unsecured-JWS validator: alg none, principal = sub)."""
+    def part(claims: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+
+    now = int(time.time())
+    path.write_text(f"{part({'alg': 'none'})}.{part({'sub': subject, 'iat': now, 'exp': now + 3600})}.")
+    return path
+
+
+def test_oauthbearer_with_a_token_file(secured: dict[str, str], start_worker: WorkerFactory, tmp_path: Path) -> None:
+    env = {k: v for k, v in _worker_env(secured).items() if not k.startswith("DFMOD_KAFKA__SASL_")}
+    env |= {"DFMOD_KAFKA__SASL_MECHANISM": "OAUTHBEARER",
+            "DFMOD_KAFKA__SASL_OAUTH_TOKEN_FILE": str(_unsigned_jwt(tmp_path / "token", "dfmod-worker"))}
+    start_worker(**env)
+    admin = secured["KAFKA_ADMIN_BOOTSTRAP"]
+    event = media.event(media.unique_still()[0])
+    produce(admin, "media.events", [event[1:]])
+    verdict = {v["id"]: v["data"] for v in collect(admin, "media.verdicts", {event[0]}, timeout_s=60)}[event[0]]
+    assert verdict["status"] == "ok"
+
+    stranger = {**env, "DFMOD_KAFKA__SASL_OAUTH_TOKEN_FILE": str(_unsigned_jwt(tmp_path / "other", "stranger")),
+                "DFMOD_KAFKA__READY_TIMEOUT_S": "8"}
+    done = run_worker(stranger)
+    line = done.stderr.splitlines()[-1]
+    assert done.returncode == 16 and "(SASL_SSL, User:stranger (the token's subject)) is not allowed" in line, line
 
 
 KAFKA_REFUSALS = {

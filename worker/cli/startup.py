@@ -323,7 +323,13 @@ _TOPIC_AUTHORIZATION_FAILED, _GROUP_AUTHORIZATION_FAILED = 29, 30
 
 def _kafka_who(settings: KafkaSettings) -> str:
     """The listener and principal a refusal concerns, for the one line (never a secret)."""
-    if settings.security_protocol.startswith("SASL"):
+    if settings.sasl_mechanism == "OAUTHBEARER":
+        from worker.stream.kafka_config import token_subject
+
+        principal = f"User:{token_subject(settings.sasl_oauth_token_file) or '?'} (the token's subject)"
+    elif settings.sasl_mechanism == "AWS_MSK_IAM":
+        principal = "the AWS identity botocore found"
+    elif settings.security_protocol.startswith("SASL"):
         principal = f"User:{settings.sasl_username}"
     elif settings.ssl_certfile:
         principal = f"the principal of the client certificate {settings.ssl_certfile}"
@@ -348,6 +354,8 @@ class _RefusalSeen(logging.Handler):
 
 
 def _credentials_hint(settings: KafkaSettings) -> str:
+    if settings.sasl_mechanism == "OAUTHBEARER":
+        return "check the token in DFMOD_KAFKA__SASL_OAUTH_TOKEN_FILE, and DFMOD_KAFKA__SSL_CAFILE"
     if settings.security_protocol.startswith("SASL"):
         return ("check DFMOD_KAFKA__SASL_USERNAME / _SASL_PASSWORD / _SASL_MECHANISM, and DFMOD_KAFKA__SSL_CAFILE "
                 "for the broker's certificate")

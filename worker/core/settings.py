@@ -84,12 +84,24 @@ class KafkaSettings(BaseModel):
     #: `transaction.max.timeout.ms` (15 min by default).
     transaction_timeout_ms: int = Field(default=10_000, ge=1000)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    #: OAUTHBEARER reads its token from `sasl_oauth_token_file` at every connection (a file your identity
+    #: provider's agent or a projected service-account token keeps fresh); AWS_MSK_IAM signs with the AWS
+    #: credentials botocore finds (IRSA, instance role, environment; needs `botocore`, e.g. the s3 extra).
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "AWS_MSK_IAM"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    sasl_oauth_token_file: str = ""
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+
+    _token_file = field_validator("sasl_oauth_token_file")(_readable_file)
+
+    @model_validator(mode="after")
+    def _oauth_token(self) -> KafkaSettings:
+        if self.sasl_mechanism == "OAUTHBEARER" and not self.sasl_oauth_token_file:
+            raise ValueError("sasl_mechanism OAUTHBEARER needs DFMOD_KAFKA__SASL_OAUTH_TOKEN_FILE")
+        return self
 
 
 class FetchSettings(BaseModel):

@@ -2,15 +2,41 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import socket
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from kafka import TopicPartition
+from kafka.net.sasl.oauth import AbstractTokenProvider
 from kafka.structs import OffsetAndMetadata
 
 from worker.core.settings import KafkaSettings
+
+
+class TokenFile(AbstractTokenProvider):
+    """OAUTHBEARER token read from a file at each (re)connection: whatever keeps the file fresh (an identity
+    agent, a projected service-account token) rotates it without a restart."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def token(self) -> str:
+        return Path(self.path).read_text().strip()
+
+
+def token_subject(path: str) -> str | None:
+    """The `sub` claim of a JWT in `path`, unverified: only to name the principal in an error message."""
+    try:
+        payload = Path(path).read_text().strip().split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return str(claims["sub"])
+    except (OSError, IndexError, KeyError, ValueError, TypeError):
+        return None
 
 
 def connection_config(settings: KafkaSettings) -> dict[str, Any]:
@@ -20,7 +46,12 @@ def connection_config(settings: KafkaSettings) -> dict[str, Any]:
         "client_id": settings.client_id,
         "security_protocol": settings.security_protocol,
     }
-    if settings.sasl_mechanism:
+    if settings.sasl_mechanism == "OAUTHBEARER":
+        config["sasl_mechanism"] = "OAUTHBEARER"
+        config["sasl_oauth_token_provider"] = TokenFile(settings.sasl_oauth_token_file)
+    elif settings.sasl_mechanism == "AWS_MSK_IAM":
+        config["sasl_mechanism"] = "AWS_MSK_IAM"
+    elif settings.sasl_mechanism:
         config["sasl_mechanism"] = settings.sasl_mechanism
         config["sasl_plain_username"] = settings.sasl_username
         config["sasl_plain_password"] = (

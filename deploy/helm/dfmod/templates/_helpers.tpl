@@ -102,6 +102,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "dfmod.kafka.sasl" -}}
 {{- if hasPrefix "SASL_" .Values.kafka.securityProtocol }}true{{ end -}}
 {{- end -}}
+{{/* SASL with a username and password from a Secret (PLAIN, SCRAM); not OAUTHBEARER nor AWS_MSK_IAM. */}}
+{{- define "dfmod.kafka.saslPassword" -}}
+{{- if and (include "dfmod.kafka.sasl" .) (not (has .Values.kafka.sasl.mechanism (list "OAUTHBEARER" "AWS_MSK_IAM"))) }}true{{ end -}}
+{{- end -}}
 {{- define "dfmod.kafka.tls" -}}
 {{- if has .Values.kafka.securityProtocol (list "SSL" "SASL_SSL") }}true{{ end -}}
 {{- end -}}
@@ -154,7 +158,10 @@ Call with (dict "prefix" "DFMOD_" "settings" .Values.worker.settings).
 {{- $w := .Values.worker -}}
 {{- $a := $w.autoscaling -}}
 {{- $parts := int .Values.kafka.eventsPartitions -}}
-{{- if and (include "dfmod.kafka.sasl" .) (not .Values.kafka.sasl.existingSecret) -}}
+{{- if and (include "dfmod.kafka.sasl" .) (eq .Values.kafka.sasl.mechanism "OAUTHBEARER") (not .Values.kafka.sasl.oauthTokenFile) -}}
+{{- fail "kafka.sasl.mechanism OAUTHBEARER needs kafka.sasl.oauthTokenFile (a token file mounted with worker.extraVolumes)" -}}
+{{- end -}}
+{{- if and (include "dfmod.kafka.saslPassword" .) (not .Values.kafka.sasl.existingSecret) -}}
 {{- fail (printf "kafka.securityProtocol %s needs kafka.sasl.existingSecret (a Secret with the SASL username and password)" .Values.kafka.securityProtocol) -}}
 {{- end -}}
 {{- if and .Values.kafka.tls.certKey (not .Values.kafka.tls.keyKey) -}}
