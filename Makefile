@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # (the astronaut portrait in scikit-image). Optional extras (SCRFD weights): DFMOD_SHARED_DIR, see tests/conftest.py.
 PYTEST_ARGS ?=
 
-.PHONY: help setup tools schemas demo test test-unit test-integration lint stack-up stack-down stack-status bench soak clean
+.PHONY: help setup tools schemas images images-train demo test test-unit test-integration lint stack-up stack-down stack-status bench soak clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -32,6 +32,12 @@ tools:  ## build pinned helm and kubeconform into .tools/bin (from the Go module
 schemas: setup  ## regenerate values.schema.json from WorkerSettings and the vendored CRD/K8s schemas
 	PYTHONPATH=. $(BIN)/python deploy/helm/values_schema.py
 	$(BIN)/python deploy/crds/generate.py
+
+images:  ## build dfmod-worker with deploy/docker (Docker or podman; bases from Debian where no registry answers)
+	timeout 3600 deploy/images.sh build worker
+
+images-train:  ## opt-in: build dfmod-train too (torch from PyPI is the CUDA build: GBs, see deploy/docker/README.md)
+	timeout 3600 deploy/images.sh build train
 
 demo: setup  ## start the local stack, stream sample media through a worker, print verdicts, stop everything
 	timeout 1200 $(BIN)/python deploy/local/demo.py
