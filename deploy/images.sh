@@ -95,11 +95,18 @@ registry_reachable() {
   [ "$REGISTRY" = yes ]
 }
 
+# As in the official Debian images: apt keeps no package caches in layers (a Dockerfile's `apt-get update` would
+# otherwise leave ~80 MB of /var/cache/apt/*.bin behind), and installs no Recommends.
+APT_CLEAN='DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; }; APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; }; Dir::Cache::pkgcache ""; Dir::Cache::srcpkgcache ""; APT::Install-Recommends "false";'
+
 make_base() {
   # make_base TAG NAME [PACKAGES]: a minbase Debian rootfs from the apt mirror, cached as a tarball, imported.
   local tag="$1" name="$2" include="${3:-}" eng tarball
   eng="$(engine)"; tarball="$CACHE/$name.tar"
-  if have_image "$tag"; then return; fi
+  # The label names the recipe: an image made by an older recipe of this script is made again.
+  if [ "$("$eng" image inspect --format '{{index .Config.Labels "dfmod.base"}}' "$tag" 2>/dev/null)" = "$name" ]; then
+    return
+  fi
   mkdir -p "$CACHE"
   if [ ! -s "$tarball" ] || [ -n "$(find "$tarball" -mtime +7 2>/dev/null)" ]; then
     command -v mmdebstrap >/dev/null 2>&1 || die "mmdebstrap missing: run deploy/images.sh engine"
@@ -110,19 +117,20 @@ make_base() {
       --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
       --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
       --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin' \
+      --customize-hook="printf '%s\n' '$APT_CLEAN' > \"\$1/etc/apt/apt.conf.d/docker-clean\"" \
       "$SUITE" "$tarball.part" "$MIRROR" || { rm -f "$tarball.part"; die "mmdebstrap of $name failed"; }
     mv "$tarball.part" "$tarball"
     echo "images: $name rootfs in $((SECONDS - t0)) s"
   fi
   # python:3.11-slim puts `python` on PATH; python-is-python3 does the same here.
-  timeout 300 "$eng" import --change 'CMD ["/bin/bash"]' --change 'ENV LANG=C.UTF-8' "$tarball" "$tag" >/dev/null 2>&1 || die "import of $tarball failed"
+  timeout 300 "$eng" import --change 'CMD ["/bin/bash"]' --change 'ENV LANG=C.UTF-8' --change "LABEL dfmod.base=$name" "$tarball" "$tag" >/dev/null 2>&1 || die "import of $tarball failed"
   echo "images: imported $tag"
 }
 
 setup_bases() {
   if registry_reachable; then echo "images: registry reachable: using the Dockerfiles' default bases"; return; fi
-  make_base "$PY_BASE" python3.11-bookworm "python3,python3-venv,python3-pip,python-is-python3,ca-certificates"
-  make_base "$CUDA_STANDIN" debian-bookworm ""
+  make_base "$PY_BASE" python3.11-bookworm-v2 "python3,python3-venv,python-is-python3,ca-certificates"
+  make_base "$CUDA_STANDIN" debian-bookworm-v2 ""
 }
 
 base_args() {
@@ -162,8 +170,10 @@ sizes() {
   for image in "$@"; do
     echo "== $image: $("$eng" image inspect --format '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1/1e6}')"
     "$eng" history --format '{{.Size}}\t{{.CreatedBy}}' "$image" | sort -h -r | head -4 | cut -c1-140 | sed 's/^/   layer /'
-    "$eng" run --rm --network none --entrypoint /bin/sh "$image" -c \
-      'du -x -m -d 4 /usr /opt 2>/dev/null | sort -n -r | awk "\$1 >= 20" | head -14' | sed 's/^/   MB /'
+    "$eng" run --rm --no-healthcheck --network none --user 0 --entrypoint /bin/sh "$image" -c \
+      'du -x -m -s /opt/dfmod/lib/python3*/site-packages/* /usr/lib/x86_64-linux-gnu/* /usr/lib/python3* \
+         /usr/share/* /usr/local/lib/python3*/site-packages/* 2>/dev/null | sort -n -r | awk "\$1 >= 8" | head -16' \
+      | sed 's/^/   MB /'
   done
 }
 
