@@ -130,7 +130,9 @@ make_base() {
 setup_bases() {
   if registry_reachable; then echo "images: registry reachable: using the Dockerfiles' default bases"; return; fi
   make_base "$PY_BASE" python3.11-bookworm-v2 "python3,python3-venv,python-is-python3,ca-certificates"
-  make_base "$CUDA_STANDIN" debian-bookworm-v2 ""
+  # ca-certificates as in nvidia/cuda: the host's bundle is mounted over its ca-certificates.crt during RUN steps,
+  # so a Dockerfile that installs the package there would fail in its postinst ("Device or resource busy").
+  make_base "$CUDA_STANDIN" debian-bookworm-v3 "ca-certificates"
 }
 
 base_args() {
