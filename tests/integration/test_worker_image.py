@@ -7,13 +7,14 @@ read-only root, no capabilities, only /tmp writable, on the host network to the 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from harness import REPO, Topics, collect, free_port
+from harness import REPO, Stack, Topics, collect, free_port
 
 from tests.conftest import container_engine
 
@@ -183,3 +184,46 @@ def test_worker_image_drains_on_sigterm_mid_work(run_image: Callable[..., Contai
     twice = [i for i, vs in verdicts.items() if len(vs) > 1]
     print(f"successor answered {len(ids) - len(answered)} more; answered twice: {len(twice)}")
     assert not twice, f"answered twice: {twice}"
+
+
+TRAIN_IMAGE = "localhost/dfmod-train:0.1.0"
+
+
+def test_training_image_exports_what_triton_serves_to_the_worker_image(
+    worker_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`dfmod-train` (opt-in: `make images-train`, several GB) describes ViT-L-14 and exports the stand-in into a
+    mounted folder; a stack whose Triton serves that folder answers the worker image's request."""
+    if sh("image", "inspect", TRAIN_IMAGE, check=False).returncode != 0:
+        pytest.skip(f"{TRAIN_IMAGE} not built (opt-in: make images-train)")
+    out = tmp_path_factory.mktemp("export")
+    os.chown(out, 10001, 10001)
+    chart_like = ["run", "--rm", "--no-healthcheck", "--network", "none", "--user", "10001:10001", "--read-only",
+                  "--cap-drop", "ALL", "--tmpfs", "/tmp:rw,size=512m,mode=1777"]
+    described = sh(*chart_like, TRAIN_IMAGE, "describe", "--arch", "ViT-L-14", timeout_s=600)
+    assert "303,181,826" in described.stdout, described.stdout[-2000:]
+    # --out is a folder inside the mount: export stages beside its target and renames it into place.
+    sh(*chart_like, "-v", f"{out}:/export", TRAIN_IMAGE, "export", "--arch", "tiny", "--weights", "random-init",
+       "--out", "/export/triton_models", "--backend", "python", timeout_s=600)
+    repo = out / "triton_models"
+    assert (repo / "deepfake_clip" / "config.pbtxt").is_file()
+    stack = Stack(stack_dir=tmp_path_factory.mktemp("stack-export"), model_repo=repo)
+    worker: Container | None = None
+    try:
+        conn = stack.up()
+        bootstrap = conn["DFMOD_KAFKA__BOOTSTRAP_SERVERS"]
+        topics = Topics.fresh(bootstrap, prefix="export")
+        port = free_port()
+        worker = Container(worker_image, {**conn, **topics.env(), "DFMOD_HTTP_PORT": str(port),
+                                          "DFMOD_HTTP_HOST": "127.0.0.1"}, port)
+        worker.wait_ready()
+        sent = [media.event(media.still_png())]
+        send(bootstrap, topics.events, sent)
+        verdicts = by_id(collect(bootstrap, topics.verdicts, {sent[0][0]}, timeout_s=120))
+        data = verdicts[sent[0][0]][0]["data"]
+        print(f"exported by the training image, served by Triton: status={data['status']}")
+        assert data["status"] == "ok", data
+    finally:
+        if worker is not None:
+            worker.remove()
+        stack.down()
