@@ -105,7 +105,7 @@ make_base() {
   eng="$(engine)"; tarball="$CACHE/$name.tar"
   # The label names the recipe: an image made by an older recipe of this script is made again.
   if [ "$("$eng" image inspect --format '{{index .Config.Labels "dfmod.base"}}' "$tag" 2>/dev/null)" = "$name" ]; then
-    return
+    echo "images: $tag present"; return
   fi
   mkdir -p "$CACHE"
   if [ ! -s "$tarball" ] || [ -n "$(find "$tarball" -mtime +7 2>/dev/null)" ]; then
