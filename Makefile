@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # (the astronaut portrait in scikit-image). Optional extras (SCRFD weights): DFMOD_SHARED_DIR, see tests/conftest.py.
 PYTEST_ARGS ?=
 
-.PHONY: help setup tools schemas demo test test-unit test-integration lint stack-up stack-down stack-status bench bench-neardup soak clean
+.PHONY: help setup tools schemas engine images images-train demo test test-unit test-integration lint stack-up stack-down stack-status bench bench-neardup soak clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -33,10 +33,19 @@ schemas: setup  ## regenerate values.schema.json from WorkerSettings and the ven
 	PYTHONPATH=. $(BIN)/python deploy/helm/values_schema.py
 	$(BIN)/python deploy/crds/generate.py
 
+engine:  ## a container engine for the image tests: Docker if its daemon answers, else podman from apt (configured)
+	timeout 1800 deploy/images.sh engine || echo "images: no container engine: the needs_container_engine tests will be deselected"
+
+images:  ## build dfmod-worker with deploy/docker (Docker or podman; bases from Debian where no registry answers)
+	timeout 3600 deploy/images.sh build worker
+
+images-train:  ## opt-in: build dfmod-train too (torch from PyPI is the CUDA build: GBs, see deploy/docker/README.md)
+	timeout 3600 deploy/images.sh build train
+
 demo: setup  ## start the local stack, stream sample media through a worker, print verdicts, stop everything
 	timeout 1200 $(BIN)/python deploy/local/demo.py
 
-test: setup tools lint  ## lint, then every test: unit, chart validation, and integration on real Kafka/Redis/Triton
+test: setup tools lint engine  ## lint, then every test: unit, chart validation, integration on real Kafka/Redis/Triton, the worker image
 	timeout 3600 $(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: setup  ## unit tests only (no servers)

@@ -13,6 +13,8 @@ folder exists they are deselected and the run says so in its header and summary 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from importlib import resources
 from pathlib import Path
 
@@ -44,25 +46,51 @@ def extras_dir() -> Path | None:
     return beside if beside.is_dir() else None
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if extras_dir() is not None:
-        return
-    kept = [i for i in items if i.get_closest_marker("needs_shared") is None]
-    dropped = [i for i in items if i.get_closest_marker("needs_shared") is not None]
+def container_engine() -> str | None:
+    """"docker" when its daemon answers, else "podman" when installed, else None; $DFMOD_ENGINE overrides.
+
+    Same choice as deploy/images.sh, so the container tests run the engine that built the image.
+    """
+    configured = os.environ.get("DFMOD_ENGINE")
+    if configured:
+        return configured if configured in ("docker", "podman") and shutil.which(configured) else None
+    if shutil.which("docker"):
+        try:
+            if subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0:
+                return "docker"
+        except subprocess.TimeoutExpired:
+            pass
+    return "podman" if shutil.which("podman") else None
+
+
+def _deselect(config: pytest.Config, items: list[pytest.Item], marker: str, key: pytest.StashKey[int]) -> None:
+    dropped = [i for i in items if i.get_closest_marker(marker) is not None]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
-        items[:] = kept
-        config.stash[_DESELECTED] = len(dropped)
+        items[:] = [i for i in items if i.get_closest_marker(marker) is None]
+        config.stash[key] = len(dropped)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if extras_dir() is None:
+        _deselect(config, items, "needs_shared", _DESELECTED)
+    if container_engine() is None:
+        _deselect(config, items, "needs_container_engine", _NO_ENGINE)
 
 
 _DESELECTED = pytest.StashKey[int]()
+_NO_ENGINE = pytest.StashKey[int]()
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_report_header(config: pytest.Config) -> list[str]:
     where = extras_dir()
-    if where is None:
-        return "optional extras: none (no $DFMOD_SHARED_DIR, no ../shared): needs_shared tests are deselected"
-    return f"optional extras: {where} (needs_shared tests run)"
+    engine = container_engine()
+    return [
+        "optional extras: none (no $DFMOD_SHARED_DIR, no ../shared): needs_shared tests are deselected"
+        if where is None else f"optional extras: {where} (needs_shared tests run)",
+        f"container engine: {engine} (needs_container_engine tests run)" if engine
+        else "container engine: none (no Docker daemon, no podman): needs_container_engine tests are deselected",
+    ]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
@@ -71,6 +99,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
         terminalreporter.write_line(
             f"{n} needs_shared test(s) deselected: the optional SCRFD weights were not supplied "
             "(set DFMOD_SHARED_DIR to a folder with models/{SCRFD_FILE})".replace("{SCRFD_FILE}", SCRFD_FILE)
+        )
+    n = config.stash.get(_NO_ENGINE, 0)
+    if n:
+        terminalreporter.write_line(
+            f"{n} needs_container_engine test(s) deselected: no container engine "
+            "(run deploy/images.sh engine to install podman, or start Docker)"
         )
 
 

@@ -27,12 +27,15 @@ RUN case ",${EXTRAS}," in *,scrfd,*) apt-get update \
       && apt-get install -y --no-install-recommends build-essential && rm -rf /var/lib/apt/lists/* ;; esac
 WORKDIR /src
 COPY . .
-RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
- && python -m venv /opt/dfmod \
+# The venv's own pip builds and installs (the base's pip is not needed: a Debian python3-venv base has none).
+RUN python -m venv /opt/dfmod \
+ && /opt/dfmod/bin/pip wheel --no-deps --wheel-dir /wheels . \
  # The worker's dependencies only: never the [train] extra, so no torch, torchvision or open_clip.
  && wheel="$(ls /wheels/dfmod-*.whl)" \
  && /opt/dfmod/bin/pip install "${wheel}${EXTRAS:+[${EXTRAS}]}" \
  && if /opt/dfmod/bin/python -c "import torch" 2>/dev/null; then echo "torch leaked into the worker image" >&2; exit 1; fi \
+ # No installer at run time (23 MB, and nothing may install into a read-only root anyway).
+ && /opt/dfmod/bin/python -m pip uninstall -y -q pip setuptools \
  # Compile once here: the root filesystem is read-only at run time.
  && /opt/dfmod/bin/python -m compileall -q /opt/dfmod/lib
 
