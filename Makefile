@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # (the astronaut portrait in scikit-image). Optional extras (SCRFD weights): DFMOD_SHARED_DIR, see tests/conftest.py.
 PYTEST_ARGS ?=
 
-.PHONY: help setup tools schemas engine images images-train demo test test-unit test-integration lint stack-up stack-down stack-status bench bench-neardup soak clean
+.PHONY: help setup tools schemas engine images images-train demo test test-unit test-integration test-k8s lint stack-up stack-down stack-status bench bench-neardup soak clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ test-unit: setup  ## unit tests only (no servers)
 
 test-integration: setup  ## integration tests only
 	timeout 2400 $(BIN)/pytest -m integration $(PYTEST_ARGS)
+
+test-k8s: setup tools  ## the chart's renderings, server-side dry run on a real kube-apiserver (built from the Go proxy, cached)
+	timeout 3600 $(BIN)/pytest tests/deploy/test_chart_apiserver.py $(PYTEST_ARGS)
 
 lint: setup  ## ruff, mypy and the worker's import layers (import-linter)
 	$(BIN)/ruff check worker train tests deploy
